@@ -1,0 +1,83 @@
+# pixiou-repro: `make repro` runs the study, `make test` runs the tests. Both install first.
+#
+# The install is three stamped steps in $(VENV), each redone only when its inputs change:
+#   .venv/.stamp-mmcv   torch 2.13 + mmcv 2.1.0 built with its compiled ops (slow the first time;
+#                       pip caches the built wheel, so later installs take seconds)
+#   .venv/.stamp-base   the package and its pinned dependencies (pyproject.toml)
+#   .venv/.stamp-dev    plus the dev extras (pytest, ruff, hypothesis)
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+# GPU users: TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 (same torch version).
+TORCH_INDEX_URL ?=
+TORCH_INDEX := $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL) --extra-index-url https://pypi.org/simple,)
+MMCV_JOBS ?= $(shell nproc)
+PYTEST_ARGS ?=
+
+export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help install install-dev repro test lint bench clean
+
+help:
+	@echo "make repro   install (.venv) and run the study: dvc repro"
+	@echo "make test    install (.venv, with dev extras) and run the test suite"
+	@echo "make bench   loss benchmark (writes reports/bench/losses.json)"
+	@echo "make lint    ruff"
+
+$(BIN)/python:
+	@echo ">>> creating $(VENV) with $(PYTHON)"
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade "pip>=24"
+
+$(VENV)/.stamp-mmcv: constraints.txt | $(BIN)/python
+	@echo ">>> [1/3] torch 2.13.0 and mmcv's build tools"
+	$(PIP) install --quiet $(TORCH_INDEX) torch==2.13.0 wheel ninja psutil mmengine==0.10.7
+	@echo ">>> [2/3] mmcv 2.1.0 with compiled ops. Built from source the first time: about"
+	@echo "    20-40 minutes on 2 cores, progress below, full log in $(VENV)/mmcv-build.log."
+	@echo "    pip caches the built wheel: later installs reuse it in seconds."
+	@# mmcv's setup.py imports pkg_resources and torch: it builds in this env, with setuptools<70
+	$(PIP) install --quiet "setuptools<70"
+	MMCV_WITH_OPS=1 MAX_JOBS=$(MMCV_JOBS) $(PIP) install -v --no-build-isolation mmcv==2.1.0 \
+	  2>&1 | tee $(VENV)/mmcv-build.log \
+	  | sed -nE -u 's#^ *(\[[0-9]+/[0-9]+\]).* -c [^ ]*/(mmcv/ops/[^ ]+).*#    \1 compiling \2#p; s#^ *(Using cached mmcv.*|Successfully installed.*|ERROR.*)#    \1#p'
+	$(BIN)/python -c "import mmcv, mmcv.ops; print('    mmcv', mmcv.__version__, 'with compiled ops')"
+	touch $@
+
+$(VENV)/.stamp-base: pyproject.toml $(VENV)/.stamp-mmcv
+	@echo ">>> [3/3] pixiou-repro and its pinned dependencies"
+	$(PIP) install --quiet "setuptools>=77.0.3,<81" -e .
+	touch $@
+
+$(VENV)/.stamp-dev: pyproject.toml $(VENV)/.stamp-base
+	@echo ">>> dev extras"
+	$(PIP) install --quiet -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.stamp-base
+install-dev: $(VENV)/.stamp-dev
+
+repro: install
+	@if [ ! -f dvc.yaml ]; then \
+	  echo "make repro: the install is done, but the study cannot run yet: the data stages"; \
+	  echo "(issue #3), the sweep (#4) and the report (#5) are not built, so there is no"; \
+	  echo "dvc.yaml to reproduce."; exit 2; fi
+	$(BIN)/dvc repro
+
+test: install-dev
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install-dev
+	$(BIN)/ruff check pipeline tests bench
+
+bench: install
+	$(BIN)/python -m bench.losses
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
