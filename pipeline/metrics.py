@@ -33,13 +33,13 @@ class PixIoUMetric(BaseMetric):
                                               self.ignore_index))
 
     def compute_metrics(self, results: list) -> dict[str, float]:
-        totals = PixIoUCounts(*(torch.stack(parts).sum(0) for parts in zip(*results)))
+        totals = PixIoUCounts(*(torch.stack(parts).sum(0) for parts in zip(*results, strict=True)))
         iou, pixiou = iou_and_pixiou(totals)
         names = self.dataset_meta["classes"]
         percent = lambda x: round(float(x) * 100, 2)  # noqa: E731
         metrics = {"mIoU": percent(iou.nanmean()), "mPixIoU": percent(pixiou.nanmean())}
         rows = []
-        for name, class_iou, class_pixiou in zip(names, iou, pixiou):
+        for name, class_iou, class_pixiou in zip(names, iou, pixiou, strict=True):
             metrics[f"IoU.{name}"] = percent(class_iou)
             metrics[f"PixIoU.{name}"] = percent(class_pixiou)
             rows.append(f"| {name:>16} | {percent(class_iou):>6} | {percent(class_pixiou):>6} |")

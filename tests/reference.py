@@ -49,7 +49,7 @@ def _flatten(probas, labels, ignore):
 def berman_lovasz_softmax(probas, labels, classes="present", per_image=False, ignore=255):
     if per_image:
         return torch.stack([_berman_flat(*_flatten(p[None], y[None], ignore), classes)
-                            for p, y in zip(probas, labels)]).mean()
+                            for p, y in zip(probas, labels, strict=True)]).mean()
     return _berman_flat(*_flatten(probas, labels, ignore), classes)
 
 
@@ -63,12 +63,13 @@ def pixiou_reference(gt: np.ndarray, pred: np.ndarray):
         return 1.0, 1.0, delta, 0
     iou = (gt & pred).sum() / n_union
     if gt.any():
-        coords = {(r, q): (r + 0.5, q + 0.5) for r in range(gt.shape[0]) for q in range(gt.shape[1])}
-        centre_g = np.mean([coords[i] for i in zip(*np.nonzero(gt))], axis=0)
-        centre_p = (np.mean([coords[i] for i in zip(*np.nonzero(pred))], axis=0)
+        height, width = gt.shape
+        coords = {(r, q): (r + 0.5, q + 0.5) for r in range(height) for q in range(width)}
+        centre_g = np.mean([coords[i] for i in zip(*np.nonzero(gt), strict=True)], axis=0)
+        centre_p = (np.mean([coords[i] for i in zip(*np.nonzero(pred), strict=True)], axis=0)
                     if pred.any() else centre_g)
         rows, cols = np.nonzero(union)
-        diagonal = math.sqrt((rows.max() - rows.min() + 1) ** 2 + (cols.max() - cols.min() + 1) ** 2)
+        diagonal = math.hypot(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1)
         for (r, q), x in coords.items():
             if gt[r, q] and not pred[r, q]:
                 delta[r, q] = min(1.0, float(np.linalg.norm(np.subtract(x, centre_p))) / diagonal)

@@ -130,7 +130,7 @@ def test_pixiou_metric_matches_independent_computation(tmp_path):
 
     for c, name in enumerate(classes):
         intersection = union = delta = 0.0
-        for label, pred in zip(labels, preds):
+        for label, pred in zip(labels, preds, strict=True):
             valid = label[0] != 255
             gt, pr = (label[0] == c) & valid, (pred[0] == c) & valid
             _, _, d, n_union = pixiou_reference(gt, pr)

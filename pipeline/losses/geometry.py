@@ -55,15 +55,19 @@ def pixiou_geometry(gt: Tensor, pred: Tensor, dtype: torch.dtype = torch.float32
 
     Everything is per (dim 0, dim 1) pair, so a [C, B, H, W] layout works the same way.
     """
-    # Each mask is converted once (sums of bool masks would convert them on every call); float
-    # sums of 0/1 are exact below 2**24 pixels. The [B, C, H] histograms are small: counts and
-    # centres are kept in float64 from there on.
+    # Float sums of 0/1 are exact below 2**24 pixels, and much faster than bool sums (which
+    # convert to int64 on every call). One full-size float copy is alive at a time; the
+    # [B, C, H] histograms are small, so counts and centres are float64 from there on.
     counts = torch.float64
-    gt_f, pred_f = gt.to(dtype), pred.to(dtype)
-    gt_rows, gt_cols = gt_f.sum(3).to(counts), gt_f.sum(2).to(counts)
-    pr_rows, pr_cols = pred_f.sum(3).to(counts), pred_f.sum(2).to(counts)
+
+    def histograms(mask: Tensor) -> tuple[Tensor, Tensor]:
+        as_float = mask.to(dtype)
+        return as_float.sum(3).to(counts), as_float.sum(2).to(counts)
+
+    gt_rows, gt_cols = histograms(gt)
+    pr_rows, pr_cols = histograms(pred)
     n_gt, n_pred = gt_rows.sum(-1), pr_rows.sum(-1)
-    intersection = torch.einsum("bchw,bchw->bc", gt_f, pred_f).to(counts)
+    intersection = histograms(gt & pred)[0].sum(-1)
     union = n_gt + n_pred - intersection
 
     gt_r, gt_q = _centre(gt_rows, gt_cols, n_gt)
@@ -73,19 +77,18 @@ def pixiou_geometry(gt: Tensor, pred: Tensor, dtype: torch.dtype = torch.float32
     diagonal = torch.hypot(_extent((gt_rows + pr_rows) > 0).to(counts),
                            _extent((gt_cols + pr_cols) > 0).to(counts)).clamp(min=1)
 
-    # Squared distances in units of ℓ, from [.., H] and [.., W] offsets: FN pixels (in G)
+    # Squared distances in units of ℓ, built from [.., H] and [.., W] offsets: FN pixels (in G)
     # measure to c_P, FP pixels (outside G) to c_G.
     r = torch.arange(gt.shape[2], dtype=counts, device=gt.device) + 0.5
     q = torch.arange(gt.shape[3], dtype=counts, device=gt.device) + 0.5
 
-    def squared_distance(centre_r: Tensor, centre_q: Tensor) -> Tensor:
-        dr = ((r - centre_r[..., None]) / diagonal[..., None]).to(dtype) ** 2  # [B, C, H]
-        dq = ((q - centre_q[..., None]) / diagonal[..., None]).to(dtype) ** 2  # [B, C, W]
-        return dr[..., :, None] + dq[..., None, :]
+    def offsets(coords: Tensor, centre: Tensor) -> Tensor:
+        return ((coords - centre[..., None]) / diagonal[..., None]).to(dtype) ** 2
 
-    delta = torch.where(gt, squared_distance(pr_r, pr_q), squared_distance(gt_r, gt_q))
+    delta = torch.where(gt, offsets(r, pr_r)[..., :, None], offsets(r, gt_r)[..., :, None])
+    delta += torch.where(gt, offsets(q, pr_q)[..., None, :], offsets(q, gt_q)[..., None, :])
     delta.clamp_(max=1.0).sqrt_()
-    delta.mul_(gt_f.sub_(pred_f).abs_())  # only on M = FN ∪ FP: |1_G - 1_P| = 1
+    delta.masked_fill_(gt == pred, 0.0)  # only on M = FN ∪ FP
     delta.mul_((n_gt > 0).to(dtype)[..., None, None])  # δ ≡ 0 where G = ∅
     return Geometry(delta, intersection, union)
 

@@ -12,8 +12,9 @@ and Lovász-PixIoU adds the modular term <w, m> of the frozen distance weights w
     L̄_pix(m) = <m, g∘π⁻¹ + w>.
 
 Both are piecewise linear in m, so their gradient is that coefficient vector itself. The kernel
-computes it without autograd (one batched sort over all rows) and each row's loss is one dot
-product: autograd never records the sort.
+computes it without autograd, from one batched sort over all rows, and a small autograd Function
+keeps only that vector for the backward pass: no graph through the sort, and peak memory close
+to the sort's own.
 """
 from __future__ import annotations
 
@@ -27,43 +28,39 @@ from .geometry import one_hot_masks, pixiou_weights
 _IGNORED_KEY = -1.0
 
 
-def lovasz_grad(gt_sorted: Tensor, dtype: torch.dtype = torch.float32,
-                out: Tensor | None = None) -> Tensor:
-    """Derivative of the Jaccard loss along sorted errors (Berman et al., Algorithm 1).
+def jaccard_curve(gt_sorted: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """J_k, the Jaccard loss of the k largest errors (Berman et al., Algorithm 1, before the diff).
 
     gt_sorted: [..., N] bool ground truth of each row, in decreasing order of error.
-    Returns [..., N] g (written into `out` if given), g_k = J_k - J_{k-1} with J_k the Jaccard
-    loss of the k largest errors.
+    Returns [..., N]; lovasz_grad is its discrete derivative g_k = J_k - J_{k-1}.
     """
     # 1 - |I|/|U| with |I| = gts - cumsum(gt) and |U| = gts + cumsum(1 - gt) simplifies to
     # J_k = k / (gts + k - cumsum(gt)_k): one cumsum, the rest in place.
-    jaccard = torch.cumsum(gt_sorted, dim=-1, dtype=dtype)
+    jaccard = torch.empty(gt_sorted.shape, dtype=dtype, device=gt_sorted.device)
+    jaccard.copy_(gt_sorted).cumsum_(-1)  # cumsum(dtype=) would convert the whole input first
     gts = jaccard[..., -1:].clone()
     rank = torch.arange(1, gt_sorted.shape[-1] + 1, dtype=dtype, device=gt_sorted.device)
-    jaccard.neg_().add_(rank).add_(gts).reciprocal_().mul_(rank)
-    g = torch.empty_like(jaccard) if out is None else out
-    g[..., :1] = jaccard[..., :1]
-    torch.sub(jaccard[..., 1:], jaccard[..., :-1], out=g[..., 1:])
-    return g
+    return jaccard.neg_().add_(rank).add_(gts).reciprocal_().mul_(rank)
 
 
 @torch.no_grad()
-def lovasz_coefficients(errors: Tensor, fg: Tensor, valid: Tensor) -> Tensor:
-    """Gradient g∘π⁻¹ of the Lovász-Jaccard extension of every row, in the rows' pixel order.
+def lovasz_coefficients_(errors: Tensor, fg: Tensor, valid: Tensor) -> Tensor:
+    """Gradient g∘π⁻¹ of the Lovász-Jaccard extension of every row. Overwrites `errors`.
 
-    errors: [..., N] pixel errors m in [0, 1] (read, never written)
+    errors: [..., N] pixel errors m in [0, 1]; used as the sort buffer (destroyed)
     fg:     [..., N] bool, pixels of the row's class
-    valid:  bool, broadcastable to errors; False on ignored pixels
-    Returns [..., N] coefficients of errors' dtype, exactly 0 on ignored pixels.
+    valid:  bool, broadcastable to errors; False on ignored pixels (they get coefficient 0)
+    Returns [..., N] coefficients of errors' dtype, so that L̄(m) = <m, coefficients>.
     """
-    key = torch.where(valid, errors.detach(), _IGNORED_KEY)
+    key = errors.masked_fill_(~valid, _IGNORED_KEY)  # ignored pixels sort last
     order = torch.empty(key.shape, dtype=torch.long, device=key.device)
-    torch.sort(key, dim=-1, descending=True, out=(key, order))  # the one batched sort
-    g = lovasz_grad(fg.gather(-1, order), key.dtype, out=key)  # sorted keys no longer needed
-    # Ignored pixels sorted after every valid one: only their own g is meaningless.
-    n_valid = valid.sum(-1, keepdim=True)
-    g.masked_fill_(torch.arange(g.shape[-1], device=g.device) >= n_valid, 0.0)
-    return torch.empty_like(g).scatter_(-1, order, g)
+    torch.sort(key, dim=-1, descending=True, out=(key, order))  # the one batched sort, in place
+    jaccard = jaccard_curve(fg.gather(-1, order), key.dtype)
+    g = key  # the sorted keys are spent: their buffer takes g = diff(J)
+    torch.sub(jaccard[..., 1:], jaccard[..., :-1], out=g[..., 1:])
+    g[..., :1] = jaccard[..., :1]
+    g.masked_fill_(torch.arange(g.shape[-1], device=g.device) >= valid.sum(-1, keepdim=True), 0)
+    return jaccard.scatter_(-1, order, g)  # g∘π⁻¹, in J's buffer
 
 
 def check_inputs(probas: Tensor, labels: Tensor, ignore_index: int) -> None:
@@ -100,55 +97,104 @@ def _class_index(classes, num_classes: int) -> Tensor | None:
     return index
 
 
+class _RowLayout:
+    """Rows [X, C, N] of the kernel: X = B images of N = H*W pixels (per image), or X = 1 and
+    N = B*H*W (batch). `pixels` views a [B, C, ...] tensor, and `rows` views a row tensor, in
+    the same pixel order ([B, C, HW] or [C, B, HW]), so one is written into the other without
+    a transposed copy."""
+
+    def __init__(self, shape: torch.Size, per_image: bool):
+        self.batch, self.classes = shape[:2]
+        self.image = shape[2:]
+        self.per_image = per_image
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        n = self.image.numel()
+        return (self.batch, self.classes, n) if self.per_image else (1, self.classes,
+                                                                      self.batch * n)
+
+    def pixels(self, t: Tensor) -> Tensor:
+        t = t.reshape(t.shape[0], t.shape[1], -1)
+        return t if self.per_image else t.transpose(0, 1)
+
+    def rows(self, t: Tensor) -> Tensor:
+        return t.view(self.batch, self.classes, -1) if self.per_image else t.view(
+            self.classes, self.batch, -1)
+
+    def images(self, t: Tensor) -> Tensor:
+        """A row tensor seen as [B, C, H, W] (per image) or [C, B, H, W] (batch)."""
+        return self.rows(t).unflatten(-1, self.image)
+
+    def errors(self, probas: Tensor, fg: Tensor) -> Tensor:
+        """m = |1[y=c] - f(c)| in row layout, a new buffer."""
+        errors = torch.empty(self.shape, dtype=probas.dtype, device=probas.device)
+        p = self.pixels(probas)
+        torch.where(self.rows(fg), 1.0 - p, p, out=self.rows(errors))
+        return errors
+
+
+class _LovaszExtension(torch.autograd.Function):
+    """Row losses <m, g∘π⁻¹ + w>; backward uses the saved coefficient vector, no graph."""
+
+    @staticmethod
+    def forward(ctx, probas, fg, valid, layout, modular_weights):
+        # probas [B, C, H, W]; fg [X, C, N] bool rows; valid [X, 1, N]; modular_weights: None or
+        # a callable giving w in row layout, called once the sort's buffers are freed.
+        coefficients = lovasz_coefficients_(layout.errors(probas, fg), fg, valid)
+        if modular_weights is not None:
+            coefficients += modular_weights()
+        # <m, coefficients>, m recomputed now that the sort's buffers are freed; every term is
+        # non-negative, so fp32 sums lose nothing to cancellation.
+        values = torch.einsum("...n,...n->...", layout.errors(probas, fg), coefficients)
+        # ∂m/∂f(c) is -1 on the class and +1 elsewhere: save the gradient w.r.t. probas.
+        torch.where(fg, coefficients.neg(), coefficients, out=coefficients)
+        ctx.save_for_backward(coefficients)
+        ctx.layout = layout
+        return values
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_values):
+        (signed_coefficients,) = ctx.saved_tensors
+        images = ctx.layout.images(signed_coefficients * grad_values[..., None])
+        return (images if ctx.layout.per_image else images.transpose(0, 1)), None, None, None, None
+
+
 def _lovasz(probas: Tensor, labels: Tensor, classes, per_image: bool, ignore_index: int,
             use_distance: bool) -> Tensor:
     check_inputs(probas, labels, ignore_index)
-    batch, num_classes = probas.shape[:2]
+    num_classes = probas.shape[1]
     keep = _class_index(classes, num_classes)
     if probas.dtype != torch.float64:
         probas = probas.float()  # fp16/bf16 are accumulated in fp32
     valid = labels != ignore_index  # [B, H, W]
+    layout = _RowLayout(probas.shape, per_image)
+    # Class masks built straight in row layout: [B, C, HW] or [1, C, B*HW].
+    rows = layout.shape[0]
+    valid_rows = valid.reshape(rows, -1)
+    fg = one_hot_masks(labels.reshape(rows, -1), num_classes, valid_rows)
+    predicted = probas.detach().max(1).indices if use_distance else None  # argmax, first on ties
 
-    # Rows [X, C, N]: X = B images of N = H*W pixels (per image), or X = 1 and N = B*H*W.
-    if per_image:
-        fg = one_hot_masks(labels.flatten(1), num_classes, valid.flatten(1))
-        valid_rows = valid.reshape(batch, 1, -1)
-        def to_rows(t: Tensor) -> Tensor:
-            return t.reshape(batch, t.shape[1], -1)
-    else:  # built straight in the row layout: no transposed copy of the masks
-        fg = one_hot_masks(labels.reshape(1, -1), num_classes, valid.reshape(1, -1))
-        valid_rows = valid.reshape(1, 1, -1)
-        def to_rows(t: Tensor) -> Tensor:
-            return t.transpose(0, 1).reshape(1, t.shape[1], -1)
-
-    weights = None
-    if use_distance:  # δ is per (image, class): view the row masks as [B, C, H, W] / [C, B, H, W]
-        image_shape = (batch, num_classes) + labels.shape[1:]
-        predicted = probas.detach().max(1).indices  # argmax, first on ties; faster on CPU
-        if per_image:
-            predicted = one_hot_masks(predicted.flatten(1), num_classes, valid.flatten(1))
-            weights = pixiou_weights(fg.view(image_shape), predicted.view(image_shape), True,
-                                     probas.dtype).view(fg.shape)
-        else:
-            predicted = one_hot_masks(predicted.reshape(1, -1), num_classes, valid.reshape(1, -1))
-            swapped = (num_classes, batch) + labels.shape[1:]
-            weights = pixiou_weights(fg.view(swapped), predicted.view(swapped), False,
-                                     probas.dtype, image_dim=1).view(fg.shape)
     if keep is not None:
         probas, fg = probas[:, keep], fg[:, keep]
-        weights = None if weights is None else weights[:, keep]
+    row_layout = _RowLayout(probas.shape, per_image)
 
-    probas = to_rows(probas)
-    # m = |1[y=c] - f(c)|. Ignored pixels get coefficient 0: no loss and exactly zero gradient.
-    errors = torch.where(fg, 1.0 - probas, probas)
-    coefficients = lovasz_coefficients(errors, fg, valid_rows)
-    if weights is not None:
-        coefficients += weights
-    losses = (errors * coefficients).sum(-1)  # [X, C']
+    def modular_weights() -> Tensor:
+        """PixIoU's w = δ/|U| in row layout; δ is per (image, class) geometry."""
+        pred = one_hot_masks(predicted.reshape(rows, -1), num_classes, valid_rows)
+        if keep is not None:
+            pred = pred[:, keep]
+        weights = pixiou_weights(row_layout.images(fg), row_layout.images(pred), per_image,
+                                 probas.dtype, image_dim=0 if per_image else 1)
+        return weights.view(fg.shape)
 
+    losses = _LovaszExtension.apply(probas, fg, valid_rows.unsqueeze(1), row_layout,
+                                    modular_weights if use_distance else None)  # [X, C']
     # A row counts if its class is present ('present') or it has a valid pixel (otherwise);
     # the mean over no counted rows is 0, so an all-ignored batch gives 0 with zero gradient.
-    counted = fg.any(-1) if classes == "present" else valid_rows.any(-1).expand_as(losses)
+    counted = fg.any(-1) if classes == "present" else valid_rows.any(-1, keepdim=True).expand_as(
+        losses)
     return ((losses * counted).sum(-1) / counted.sum(-1).clamp(min=1)).mean()
 
 
