@@ -3,7 +3,7 @@ ICML 2021; our definition in PIXIOU_SPEC.md), vectorised over every (image, clas
 
 For one class c over a set of pixels, the errors are m_i = 1 - f_i(c) if y_i = c, else f_i(c).
 With π sorting m in decreasing order and g the discrete derivative of the Jaccard loss along that
-order (`lovasz_grad`), the Lovász extension of the Jaccard loss is
+order (`jaccard_curve`, then its diff), the Lovász extension of the Jaccard loss is
 
     L̄(m) = Σ_k m_{π_k} g_k = <m, g∘π⁻¹>,
 
@@ -32,7 +32,7 @@ def jaccard_curve(gt_sorted: Tensor, dtype: torch.dtype = torch.float32) -> Tens
     """J_k, the Jaccard loss of the k largest errors (Berman et al., Algorithm 1, before the diff).
 
     gt_sorted: [..., N] bool ground truth of each row, in decreasing order of error.
-    Returns [..., N]; lovasz_grad is its discrete derivative g_k = J_k - J_{k-1}.
+    Returns [..., N]; Berman's lovasz_grad is its discrete derivative g_k = J_k - J_{k-1}.
     """
     # 1 - |I|/|U| with |I| = gts - cumsum(gt) and |U| = gts + cumsum(1 - gt) simplifies to
     # J_k = k / (gts + k - cumsum(gt)_k): one cumsum, the rest in place.
@@ -169,27 +169,26 @@ def _lovasz(probas: Tensor, labels: Tensor, classes, per_image: bool, ignore_ind
     if probas.dtype != torch.float64:
         probas = probas.float()  # fp16/bf16 are accumulated in fp32
     valid = labels != ignore_index  # [B, H, W]
-    layout = _RowLayout(probas.shape, per_image)
     # Class masks built straight in row layout: [B, C, HW] or [1, C, B*HW].
-    rows = layout.shape[0]
+    rows = probas.shape[0] if per_image else 1
     valid_rows = valid.reshape(rows, -1)
     fg = one_hot_masks(labels.reshape(rows, -1), num_classes, valid_rows)
     predicted = probas.detach().max(1).indices if use_distance else None  # argmax, first on ties
 
     if keep is not None:
         probas, fg = probas[:, keep], fg[:, keep]
-    row_layout = _RowLayout(probas.shape, per_image)
+    layout = _RowLayout(probas.shape, per_image)
 
     def modular_weights() -> Tensor:
         """PixIoU's w = δ/|U| in row layout; δ is per (image, class) geometry."""
         pred = one_hot_masks(predicted.reshape(rows, -1), num_classes, valid_rows)
         if keep is not None:
             pred = pred[:, keep]
-        weights = pixiou_weights(row_layout.images(fg), row_layout.images(pred), per_image,
+        weights = pixiou_weights(layout.images(fg), layout.images(pred), per_image,
                                  probas.dtype, image_dim=0 if per_image else 1)
         return weights.view(fg.shape)
 
-    losses = _LovaszExtension.apply(probas, fg, valid_rows.unsqueeze(1), row_layout,
+    losses = _LovaszExtension.apply(probas, fg, valid_rows.unsqueeze(1), layout,
                                     modular_weights if use_distance else None)  # [X, C']
     # A row counts if its class is present ('present') or it has a valid pixel (otherwise);
     # the mean over no counted rows is 0, so an all-ignored batch gives 0 with zero gradient.
