@@ -39,8 +39,8 @@ $(BIN)/python:
 $(VENV)/.stamp-mmcv: constraints.txt | $(BIN)/python
 	@echo ">>> [1/3] torch 2.13.0 and mmcv's build tools"
 	$(PIP) install --quiet $(TORCH_INDEX) torch==2.13.0 wheel ninja psutil mmengine==0.10.7
-	@echo ">>> [2/3] mmcv 2.1.0 with compiled ops. Built from source the first time: about"
-	@echo "    20-40 minutes on 2 cores, progress below, full log in $(VENV)/mmcv-build.log."
+	@echo ">>> [2/3] mmcv 2.1.0 with compiled ops. Built from source the first time (about"
+	@echo "    13 minutes on 2 cores), progress below, full log in $(VENV)/mmcv-build.log."
 	@echo "    pip caches the built wheel: later installs reuse it in seconds."
 	@# mmcv's setup.py imports pkg_resources and torch: it builds in this env, with setuptools<70
 	$(PIP) install --quiet "setuptools<70"
