@@ -21,6 +21,7 @@ MMCV_JOBS ?= $(shell nproc)
 PYTEST_ARGS ?=
 
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
+export PATH := $(CURDIR)/$(BIN):$(PATH)  # DVC stage commands run the venv's python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: help install install-dev repro test lint bench clean
@@ -64,11 +65,11 @@ install: $(VENV)/.stamp-base
 install-dev: $(VENV)/.stamp-dev
 
 repro: install
-	@if [ ! -f dvc.yaml ]; then \
-	  echo "make repro: the install is done, but the study cannot run yet: the data stages"; \
-	  echo "(issue #3), the sweep (#4) and the report (#5) are not built, so there is no"; \
-	  echo "dvc.yaml to reproduce."; exit 2; fi
-	$(BIN)/dvc repro
+	dvc repro
+	@grep -q "^  sweep:" dvc.yaml || { \
+	  echo "make repro: the data stages are done, but the study has not run: the sweep"; \
+	  echo "(issue #4) and the report (#5) are not built yet, so there are no results."; \
+	  exit 2; }
 
 test: install-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -1,0 +1,1 @@
+"""Data stages: real VOC-aug / Cityscapes fetch and conversion, generated datasets, validation."""

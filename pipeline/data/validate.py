@@ -1,0 +1,82 @@
+"""The last step of every dataset stage: check the layout and write manifest.json.
+
+Checks that each split exists and has the expected number of pairs, that every image has its
+label with the same size, and that label values lie in [0, C) ∪ {255}. The first bad file fails
+the stage by name. The manifest records counts, the class pixel histogram and a content hash.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from .layouts import IGNORE_INDEX, Layout
+
+
+class DatasetError(ValueError):
+    """A dataset on disk that does not match its layout."""
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def validate(layout: Layout, root: Path, expected: dict[str, int] | None = None) -> dict:
+    """Validate `root` against `layout`; return the manifest (also written to root)."""
+    histogram = np.zeros(layout.num_classes + 1, dtype=np.int64)  # last bin: ignore
+    counts, content = {}, hashlib.sha256()
+    for split in layout.splits:
+        try:
+            pairs = layout.pairs(root, split)
+        except FileNotFoundError as error:
+            raise DatasetError(f"{layout.name} split '{split}': {error}") from error
+        counts[split] = len(pairs)
+        want = (expected or {}).get(split)
+        if want is not None and want != len(pairs):
+            raise DatasetError(f"{layout.name} split '{split}': {len(pairs)} image/label "
+                               f"pairs under {root}, expected {want}")
+        if not pairs:
+            raise DatasetError(f"{layout.name} split '{split}': no images under {root}")
+        for image_path, label_path in tqdm(pairs, desc=f"validate {split}", unit="img",
+                                           mininterval=5.0):
+            for path in (image_path, label_path):
+                if not path.is_file():
+                    raise DatasetError(f"{path}: missing (pair of {image_path.name})")
+            try:
+                with Image.open(image_path) as image:
+                    image_size = image.size
+                with Image.open(label_path) as label_image:
+                    label = np.asarray(label_image)
+            except OSError as error:
+                raise DatasetError(f"{image_path} / {label_path}: unreadable: {error}") from error
+            if label.ndim != 2:
+                raise DatasetError(f"{label_path}: label must be a single-channel image, "
+                                   f"got shape {label.shape}")
+            if (label.shape[1], label.shape[0]) != image_size:
+                raise DatasetError(f"{label_path}: size {label.shape[1]}x{label.shape[0]} "
+                                   f"differs from its image {image_path.name} "
+                                   f"{image_size[0]}x{image_size[1]}")
+            values = np.bincount(label.ravel(), minlength=256)
+            bad = np.flatnonzero(values[layout.num_classes:IGNORE_INDEX]) + layout.num_classes
+            bad = np.concatenate([bad, np.flatnonzero(values[IGNORE_INDEX + 1:]) + 256])
+            if bad.size:
+                raise DatasetError(f"{label_path}: label values {bad.tolist()} outside "
+                                   f"[0, {layout.num_classes}) and not {IGNORE_INDEX}")
+            histogram[:-1] += values[:layout.num_classes]
+            histogram[-1] += values[IGNORE_INDEX]
+            for path in (image_path, label_path):
+                content.update(f"{path.relative_to(root)}\0{_file_digest(path)}\n".encode())
+    manifest = {
+        "layout": layout.name,
+        "num_classes": layout.num_classes,
+        "counts": counts,
+        "class_pixels": dict(zip(layout.classes, histogram[:-1].tolist(), strict=True)),
+        "ignored_pixels": int(histogram[-1]),
+        "content_sha256": content.hexdigest(),
+    }
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest

@@ -1,0 +1,101 @@
+"""params.yaml, read section by section into typed dataclasses with errors that name the key.
+
+Every stage reads only its own section (and declares it as a DVC param dependency); a typo in a
+key, a wrong type or a missing key fails the stage before any work, naming the key's full path.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+PARAMS_FILE = Path("params.yaml")
+T = TypeVar("T")
+
+
+class ParamsError(ValueError):
+    """A params.yaml section that does not fit its schema."""
+
+
+def load_params(path: Path | str = PARAMS_FILE) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: not found (run from the repository root)")
+    with path.open() as f:
+        params = yaml.safe_load(f) or {}
+    if not isinstance(params, dict):
+        raise ParamsError(f"{path}: the top level must be a mapping")
+    return params
+
+
+def lookup(params: dict, dotted: str, source: str = "params.yaml") -> Any:
+    node = params
+    for depth, key in enumerate(dotted.split(".")):
+        if not isinstance(node, dict) or key not in node:
+            where = ".".join(dotted.split(".")[:depth]) or "the top level"
+            raise ParamsError(f"{source}: missing key '{dotted}' ({where} has no '{key}')")
+        node = node[key]
+    return node
+
+
+def _check_type(value: Any, annotation: Any, where: str) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(annotation):
+            try:
+                return _check_type(value, option, where)
+            except ParamsError:
+                continue
+        raise ParamsError(f"{where}: {value!r} is not a {annotation}")
+    if annotation is type(None):
+        if value is not None:
+            raise ParamsError(f"{where}: expected null, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, list):
+            raise ParamsError(f"{where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(annotation)[:1] or (Any,)
+        return [_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ParamsError(f"{where}: expected a mapping, got {value!r}")
+        _, item = typing.get_args(annotation)
+        return {k: _check_type(v, item, f"{where}.{k}") for k, v in value.items()}
+    if annotation is Any:
+        return value
+    if dataclasses.is_dataclass(annotation):
+        return parse_section(annotation, value, where)
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):
+        raise ParamsError(f"{where}: expected {annotation.__name__}, got {value!r}")
+    return value
+
+
+def parse_section(cls: type[T], data: Any, where: str) -> T:
+    """Build dataclass `cls` from a params mapping; `where` is its dotted path for errors."""
+    if not isinstance(data, dict):
+        raise ParamsError(f"params.yaml: {where} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ParamsError(f"params.yaml: unknown key '{where}.{unknown[0]}' "
+                          f"(known keys of {where}: {', '.join(fields)})")
+    values = {}
+    for name, field in fields.items():
+        if name not in data:
+            if field.default is dataclasses.MISSING and \
+                    field.default_factory is dataclasses.MISSING:
+                raise ParamsError(f"params.yaml: missing key '{where}.{name}'")
+            continue
+        values[name] = _check_type(data[name], hints[name], f"params.yaml: {where}.{name}")
+    instance = cls(**values)
+    check = getattr(instance, "validate", None)
+    if check is not None:
+        check(where)
+    return instance
