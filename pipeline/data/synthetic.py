@@ -10,6 +10,7 @@ Jaccard-type losses differ from cross-entropy. Everything is deterministic given
 from __future__ import annotations
 
 import colorsys
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,22 +32,28 @@ class SyntheticParams:
     width: int
     objects_per_image: list[int]  # [min, max]
     imbalance: float = 1.0  # Zipf exponent of the object class frequencies
+    colour_jitter: float = 0.12  # per-object colour shift: colour alone must not give the class
+    pixel_noise: float = 0.12  # per-pixel noise
+    distractors: list[int] = dataclasses.field(default_factory=lambda: [0, 0])  # [min, max]
+    # background blobs that borrow an object class's colour but not its texture
 
     def validate(self, where: str) -> None:
         if self.train < 1 or self.val < 1:
             raise ParamsError(f"params.yaml: {where}: train and val must be >= 1")
         if min(self.height, self.width) < 32:
             raise ParamsError(f"params.yaml: {where}: height and width must be >= 32")
-        low, high = self.objects_per_image
-        if not 0 <= low <= high:
-            raise ParamsError(f"params.yaml: {where}.objects_per_image must be [min, max], "
-                             f"0 <= min <= max, got {self.objects_per_image}")
+        for name in ("objects_per_image", "distractors"):
+            value = getattr(self, name)
+            if len(value) != 2 or not 0 <= value[0] <= value[1]:
+                raise ParamsError(f"params.yaml: {where}.{name} must be [min, max], "
+                                  f"0 <= min <= max, got {value}")
 
 
 class Appearance:
     """A fixed look per class: hue, saturation, brightness and a stripe texture."""
 
-    def __init__(self, num_classes: int, seed: int):
+    def __init__(self, num_classes: int, seed: int, colour_jitter: float, pixel_noise: float):
+        self.colour_jitter, self.pixel_noise = colour_jitter, pixel_noise
         rng = np.random.default_rng(seed)
         hues = (np.arange(num_classes) / num_classes + rng.uniform(0, 0.02, num_classes)) % 1
         rng.shuffle(hues)
@@ -56,14 +63,18 @@ class Appearance:
         self.angle = rng.uniform(0, np.pi, num_classes)
         self.contrast = rng.uniform(0.08, 0.25, num_classes)
 
-    def paint(self, image: np.ndarray, mask: np.ndarray, cls: int, rng, grid) -> None:
+    def paint(self, image: np.ndarray, mask: np.ndarray, cls: int, rng, grid,
+              texture: int | None = None) -> None:
+        """Paint class `cls`'s colour with the stripes of class `texture` (default: its own)."""
+        texture = cls if texture is None else texture
         rows, cols = grid
         phase = rng.uniform(0, 2 * np.pi)
-        along = rows[mask] * np.sin(self.angle[cls]) + cols[mask] * np.cos(self.angle[cls])
-        stripes = np.sin(along * self.frequency[cls] + phase)[:, None]
-        jitter = rng.normal(0, 0.03, 3)
-        noise = rng.normal(0, 0.04, (stripes.shape[0], 3))
-        image[mask] = self.colour[cls] + jitter + self.contrast[cls] * stripes + noise
+        angle = self.angle[texture]
+        along = rows[mask] * np.sin(angle) + cols[mask] * np.cos(angle)
+        stripes = np.sin(along * self.frequency[texture] + phase)[:, None]
+        jitter = rng.normal(0, self.colour_jitter, 3)
+        noise = rng.normal(0, self.pixel_noise, (stripes.shape[0], 3))
+        image[mask] = self.colour[cls] + jitter + self.contrast[texture] * stripes + noise
 
 
 def _shape_mask(kind: int, centre, radii, angle, grid) -> np.ndarray:
@@ -101,7 +112,8 @@ class SceneGenerator:
         ranks = np.arange(1, len(object_classes) + 1, dtype=float)
         self.class_probability = ranks ** -params.imbalance / np.sum(ranks ** -params.imbalance)
         self.boundary_ignore = boundary_ignore
-        self.appearance = Appearance(num_classes, params.seed)
+        self.appearance = Appearance(num_classes, params.seed, params.colour_jitter,
+                                     params.pixel_noise)
         self.grid = np.mgrid[0:params.height, 0:params.width].astype(np.float32)
 
     def draw(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -115,15 +127,24 @@ class SceneGenerator:
             band = (rows >= (top + wave) * height) & (rows < (bottom + wave) * height)
             label[band] = cls
             self.appearance.paint(image, band, cls, rng, self.grid)
-        low, high = self.params.objects_per_image
         scale = min(height, width)
+
+        def blob() -> np.ndarray:  # tiny to large, log-uniform
+            size = np.exp(rng.uniform(np.log(2.0), np.log(scale * 0.3)))
+            centre = (rng.uniform(0, height), rng.uniform(0, width))
+            return _shape_mask(int(rng.integers(3)), centre, (size, size * rng.uniform(0.4, 1.6)),
+                               rng.uniform(0, np.pi), self.grid)
+
+        for _ in range(rng.integers(self.params.distractors[0], self.params.distractors[1] + 1)):
+            # clutter: an object class's colour with a background texture, labelled background
+            mask = blob()
+            under = int(label[mask].max()) if mask.any() else 0
+            self.appearance.paint(image, mask, int(rng.choice(self.object_classes)), rng,
+                                  self.grid, texture=under)
+        low, high = self.params.objects_per_image
         for _ in range(rng.integers(low, high + 1)):  # later objects occlude earlier ones
             cls = int(rng.choice(self.object_classes, p=self.class_probability))
-            size = np.exp(rng.uniform(np.log(2.0), np.log(scale * 0.3)))  # tiny to large
-            radii = (size, size * rng.uniform(0.4, 1.6))
-            centre = (rng.uniform(0, height), rng.uniform(0, width))
-            mask = _shape_mask(int(rng.integers(3)), centre, radii, rng.uniform(0, np.pi),
-                               self.grid)
+            mask = blob()
             if not mask.any():
                 continue
             label[mask] = cls
