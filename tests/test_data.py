@@ -229,28 +229,33 @@ def test_generated_datasets_are_deterministic_and_imbalanced(synthetic, tmp_path
     assert manifest["ignored_pixels"] > 0  # VOC-style ignored borders
 
 
-def test_generated_datasets_load_through_mmseg_dataset_classes(synthetic):
+@pytest.mark.parametrize("config,key,dataset_type,layout", [
+    ("synthetic_voc.py", "synthetic_voc", "PascalVOCDataset", VOC_AUG),
+    ("synthetic_cityscapes.py", "synthetic_cityscapes", "CityscapesDataset", CITYSCAPES),
+])
+def test_generated_datasets_load_with_the_configs_pipelines(synthetic, config, key,
+                                                            dataset_type, layout):
+    from mmengine.config import Config
     from mmengine.registry import init_default_scope
-    from mmseg.datasets import CityscapesDataset, PascalVOCDataset
+    from mmseg.registry import DATASETS
 
     init_default_scope("mmseg")
-    pipeline = [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations"),
-                dict(type="PackSegInputs")]
-    voc_root = VOC_AUG.voc_root(synthetic / "synthetic_voc")
-    voc = PascalVOCDataset(data_root=str(voc_root), ann_file="ImageSets/Segmentation/val.txt",
-                           data_prefix=dict(img_path="JPEGImages",
-                                            seg_map_path="SegmentationClassAug"),
-                           pipeline=pipeline)
-    city = CityscapesDataset(data_root=str(synthetic / "synthetic_cityscapes"),
-                             data_prefix=dict(img_path="leftImg8bit/train",
-                                              seg_map_path="gtFine/train"), pipeline=pipeline)
-    assert len(voc) == 4 and len(city) == 8
-    for dataset, size in ((voc, (64, 64)), (city, (64, 128))):
-        sample = dataset[0]
-        assert tuple(sample["inputs"].shape) == (3, *size)
-        label = sample["data_samples"].gt_sem_seg.data[0].numpy()
-        on_disk = np.asarray(Image.open(sample["data_samples"].seg_map_path))
-        assert np.array_equal(label, on_disk)
+    cfg = Config.fromfile(str(ROOT / "mmseg_configs" / "_base_" / "datasets" / config))
+    datasets = {}
+    for split in ("train", "val"):
+        spec = cfg[f"{split}_dataloader"]["dataset"]
+        assert spec["type"] == dataset_type  # mmseg's own dataset class
+        spec["data_root"] = spec["data_root"].replace("data/" + key, str(synthetic / key))
+        datasets[split] = DATASETS.build(spec)
+    assert (len(datasets["train"]), len(datasets["val"])) == (8, 4)
+
+    train = datasets["train"][0]  # through RandomResize / RandomCrop / flip / photometric
+    label = train["data_samples"].gt_sem_seg.data[0]
+    assert train["inputs"].shape[1:] == label.shape
+    assert set(label.unique().tolist()) <= set(range(layout.num_classes)) | {255}
+    val = datasets["val"][0]  # labels are loaded after the resize: compared as on disk
+    on_disk = np.asarray(Image.open(val["data_samples"].seg_map_path))
+    assert np.array_equal(val["data_samples"].gt_sem_seg.data[0].numpy(), on_disk)
 
 
 @pytest.mark.parametrize("damage,message", [

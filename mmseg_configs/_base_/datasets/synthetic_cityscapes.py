@@ -1,0 +1,38 @@
+# The generated Cityscapes dataset (dvc stage data@synthetic_cityscapes): 19 classes,
+# labelTrainIds, 128x256, laid out as mmseg's cityscapes.py reads Cityscapes.
+custom_imports = dict(imports=['pipeline.losses', 'pipeline.metrics'], allow_failed_imports=False)
+dataset_type = 'CityscapesDataset'
+data_root = 'data/synthetic_cityscapes'
+crop_size = (128, 128)
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations'),
+    dict(type='RandomResize', scale=(256, 128), ratio_range=(0.5, 2.0), keep_ratio=True),
+    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PhotoMetricDistortion'),
+    dict(type='PackSegInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(256, 128), keep_ratio=True),
+    dict(type='LoadAnnotations'),
+    dict(type='PackSegInputs'),
+]
+train_dataloader = dict(
+    batch_size=8,
+    num_workers=0,
+    sampler=dict(type='InfiniteSampler', shuffle=True),
+    dataset=dict(type=dataset_type, data_root=data_root,
+                 data_prefix=dict(img_path='leftImg8bit/train', seg_map_path='gtFine/train'),
+                 pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=1,
+    num_workers=0,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=dict(type=dataset_type, data_root=data_root,
+                 data_prefix=dict(img_path='leftImg8bit/val', seg_map_path='gtFine/val'),
+                 pipeline=test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = dict(type='PixIoUMetric')
+test_evaluator = val_evaluator
