@@ -7,6 +7,7 @@ the stage by name. The manifest records counts, the class pixel histogram and a 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from pathlib import Path
 
@@ -21,8 +22,11 @@ class DatasetError(ValueError):
     """A dataset on disk that does not match its layout."""
 
 
-def _file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _read(path: Path, root: Path, content) -> Image.Image:
+    """Read `path` once: its bytes feed the content hash and are decoded from memory."""
+    data = path.read_bytes()
+    content.update(f"{path.relative_to(root)}\0{hashlib.sha256(data).hexdigest()}\n".encode())
+    return Image.open(io.BytesIO(data))
 
 
 def validate(layout: Layout, root: Path, expected: dict[str, int] | None = None) -> dict:
@@ -47,9 +51,9 @@ def validate(layout: Layout, root: Path, expected: dict[str, int] | None = None)
                 if not path.is_file():
                     raise DatasetError(f"{path}: missing (pair of {image_path.name})")
             try:
-                with Image.open(image_path) as image:
+                with _read(image_path, root, content) as image:
                     image_size = image.size
-                with Image.open(label_path) as label_image:
+                with _read(label_path, root, content) as label_image:
                     label = np.asarray(label_image)
             except OSError as error:
                 raise DatasetError(f"{image_path} / {label_path}: unreadable: {error}") from error
@@ -68,8 +72,6 @@ def validate(layout: Layout, root: Path, expected: dict[str, int] | None = None)
                                    f"[0, {layout.num_classes}) and not {IGNORE_INDEX}")
             histogram[:-1] += values[:layout.num_classes]
             histogram[-1] += values[IGNORE_INDEX]
-            for path in (image_path, label_path):
-                content.update(f"{path.relative_to(root)}\0{_file_digest(path)}\n".encode())
     manifest = {
         "layout": layout.name,
         "num_classes": layout.num_classes,
