@@ -16,6 +16,15 @@ import torch
 from torch import Tensor
 
 
+def check_labels(labels: Tensor, num_classes: int, ignore_index: int) -> None:
+    """Raise ValueError if labels hold values outside [0, C) other than the ignore index."""
+    out_of_range = ((labels < 0) | (labels >= num_classes)) & (labels != ignore_index)
+    if out_of_range.any():
+        bad = sorted(set(labels[out_of_range][:64].tolist()))
+        raise ValueError(f"labels hold {int(out_of_range.sum())} value(s) outside "
+                         f"[0, {num_classes}) that are not the ignore index {ignore_index}: {bad}")
+
+
 def one_hot_masks(labels: Tensor, num_classes: int, valid: Tensor) -> Tensor:
     """[B, H, W] class indices -> [B, C, H, W] bool masks, False on invalid pixels."""
     index = labels.masked_fill(~valid, 0).long()
@@ -119,11 +128,8 @@ def pixiou_counts(pred: Tensor, labels: Tensor, num_classes: int,
     if pred.shape != labels.shape or pred.dim() != 3:
         raise ValueError(f"pred and labels must both be [B, H, W], got {tuple(pred.shape)} "
                          f"and {tuple(labels.shape)}")
+    check_labels(labels, num_classes, ignore_index)
     valid = labels != ignore_index
-    bad = ((labels < 0) | (labels >= num_classes)) & valid
-    if bad.any():
-        raise ValueError(f"labels hold values outside [0, {num_classes}) other than "
-                         f"{ignore_index}: {sorted(set(labels[bad][:64].tolist()))}")
     if ((pred < 0) | (pred >= num_classes)).any():
         raise ValueError(f"predictions must lie in [0, {num_classes})")
     geometry = pixiou_geometry(one_hot_masks(labels, num_classes, valid),

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .geometry import one_hot_masks, pixiou_weights
+from .geometry import check_labels, one_hot_masks, pixiou_weights
 
 #: Sort key of ignored pixels: below every error in [0, 1], so they sort after all valid pixels
 #: and leave the Jaccard derivative of the valid ones untouched.
@@ -78,11 +78,7 @@ def check_inputs(probas: Tensor, labels: Tensor, ignore_index: int) -> None:
     # One cheap reduction; probas in [0, 1] cannot overflow it, so only NaN/Inf make it non-finite
     if not torch.isfinite(probas.sum()) and not torch.isfinite(probas).all():
         raise ValueError("probas contain NaN or Inf (non-finite logits?)")
-    out_of_range = ((labels < 0) | (labels >= num_classes)) & (labels != ignore_index)
-    if out_of_range.any():
-        bad = sorted(set(labels[out_of_range][:64].tolist()))
-        raise ValueError(f"labels hold {int(out_of_range.sum())} value(s) outside "
-                         f"[0, {num_classes}) that are not the ignore index {ignore_index}: {bad}")
+    check_labels(labels, num_classes, ignore_index)
 
 
 def _class_index(classes, num_classes: int) -> Tensor | None:
