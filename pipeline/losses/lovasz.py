@@ -170,6 +170,12 @@ def _lovasz(probas: Tensor, labels: Tensor, classes, per_image: bool, ignore_ind
     valid_rows = valid.reshape(rows, -1)
     fg = one_hot_masks(labels.reshape(rows, -1), num_classes, valid_rows)
     predicted = probas.detach().max(1).indices if use_distance else None  # argmax, first on ties
+    if classes == "present":
+        # Rows of classes absent from the whole batch count for nothing: leave them out of the
+        # sort (the kernel's cost) rather than sort and drop them. The kept rows are unchanged.
+        present = fg.any(-1).any(0)
+        if present.any() and not present.all():  # none present: the full path gives 0
+            keep = present.nonzero().squeeze(1)
 
     if keep is not None:
         probas, fg = probas[:, keep], fg[:, keep]

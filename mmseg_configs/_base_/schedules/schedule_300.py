@@ -1,0 +1,19 @@
+# The embedded default's CPU schedule: AdamW, a 20-iteration warmup, then linear decay to 1%.
+# lr 1e-2 and the light augmentation were chosen by measurement (see README, "Configs").
+optim_wrapper = dict(
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=1e-2, betas=(0.9, 0.999), weight_decay=1e-4))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.1, begin=0, end=20, by_epoch=False),
+    dict(type='PolyLR', eta_min=1e-4, power=1.0, begin=20, end=300, by_epoch=False)
+]
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=300, val_interval=100)
+val_cfg = dict(type='ValLoop')
+test_cfg = dict(type='TestLoop')
+default_hooks = dict(
+    timer=dict(type='IterTimerHook'),
+    logger=dict(type='LoggerHook', interval=25, log_metric_by_epoch=False),
+    param_scheduler=dict(type='ParamSchedulerHook'),
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=100, max_keep_ckpts=1),
+    sampler_seed=dict(type='DistSamplerSeedHook'),
+    visualization=dict(type='SegVisualizationHook'))

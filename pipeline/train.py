@@ -1,0 +1,489 @@
+"""One training run: an mmseg config with the study's loss, seed and overrides, on mmengine.
+
+    python -m pipeline.train mmseg_configs/fcn_r18-tiny-d8_1xb4-300_synthetic-voc-128x128.py \\
+        --loss pixiou --seed 0 [--iterations 50] [--work-dir work_dirs/debug]
+
+The same `run()` is the body of every Ray trial (pipeline/sweep.py), where it runs on each DDP
+worker. A run evaluates mIoU + mPixIoU every `val_interval` iterations, checkpoints at the same
+interval and, restarted with the same work dir, resumes from its last checkpoint. When it ends,
+rank 0 writes `summary.json` (the final and per-class values and the validation history), a
+confusion matrix and a few prediction overlays into the work dir.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from .params import ParamsError, load_params, lookup, parse_section
+
+#: The loss terms a study loss is made of, as mmseg loss configs (weights come from params.yaml).
+LOSS_TERMS = {
+    "ce": dict(type="CrossEntropyLoss", use_sigmoid=False, loss_name="loss_ce"),
+    "lovasz": dict(type="LovaszSoftmaxLoss", loss_name="loss_lovasz"),
+    "pixiou": dict(type="LovaszPixIoULoss", loss_name="loss_pixiou"),
+}
+SUMMARY = "summary.json"
+HISTORY = "eval_history.jsonl"
+#: Auxiliary heads keep mmseg's relative weight (0.4 in the model zoo) for the study's loss.
+DEFAULT_AUX_WEIGHT = 0.4
+
+
+@dataclass
+class TrainParams:
+    """params.yaml: train. One run; the sweep varies the loss, the seed and, if searched, lr."""
+
+    configs: dict[str, str]
+    losses: dict[str, dict[str, float]]
+    iterations: int | None = None
+    val_interval: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    deterministic: bool = True
+    overlays: int = 4
+
+    def validate(self, where: str) -> None:
+        for name, terms in self.losses.items():
+            if not terms:
+                raise ParamsError(f"params.yaml: {where}.losses.{name} has no terms")
+            for term, weight in terms.items():
+                if term not in LOSS_TERMS:
+                    raise ParamsError(f"params.yaml: {where}.losses.{name}.{term}: unknown loss "
+                                      f"term (known: {', '.join(LOSS_TERMS)})")
+                if not weight > 0:
+                    raise ParamsError(f"params.yaml: {where}.losses.{name}.{term}: the weight "
+                                      f"must be > 0, got {weight}")
+        for key in ("iterations", "val_interval", "batch_size", "lr"):
+            value = getattr(self, key)
+            if value is not None and not value > 0:
+                raise ParamsError(f"params.yaml: {where}.{key} must be > 0 or null, got {value}")
+        if self.overlays < 0:
+            raise ParamsError(f"params.yaml: {where}.overlays must be >= 0, got {self.overlays}")
+
+    def config_for(self, dataset: str) -> str:
+        if dataset not in self.configs:
+            raise ParamsError(f"params.yaml: train.configs has no config for dataset "
+                              f"'{dataset}' (it has: {', '.join(self.configs)})")
+        path = self.configs[dataset]
+        if not Path(path).is_file():
+            raise ParamsError(f"params.yaml: train.configs.{dataset}: {path} does not exist")
+        return path
+
+    def terms_of(self, loss: str, where: str) -> dict[str, float]:
+        if loss not in self.losses:
+            raise ParamsError(f"{where}: unknown loss '{loss}' (train.losses defines: "
+                              f"{', '.join(self.losses)})")
+        return dict(self.losses[loss])
+
+
+def load_train_params(params_file: Path | str = "params.yaml") -> TrainParams:
+    return parse_section(TrainParams, lookup(load_params(params_file), "train"), "train")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything one run depends on; the sweep hashes it (plus code and data) into a trial key."""
+
+    config: str
+    loss: str
+    terms: dict[str, float]
+    seed: int
+    work_dir: str
+    data_root: str | None = None  # re-roots the config's 'data/...' dataset paths
+    lr: float | None = None
+    iterations: int | None = None
+    val_interval: int | None = None
+    batch_size: int | None = None
+    deterministic: bool = True
+    overlays: int = 4
+    threads: int | None = None  # torch intra-op threads; None leaves torch's default
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# --- the config -------------------------------------------------------------------------------
+
+def loss_configs(terms: dict[str, float], scale: float = 1.0) -> list[dict]:
+    """mmseg loss configs for {term: weight}, each weight multiplied by `scale`."""
+    return [dict(LOSS_TERMS[term], loss_weight=weight * scale) for term, weight in terms.items()]
+
+
+def _aux_weight(head: dict) -> float:
+    losses = head.get("loss_decode", {})
+    losses = losses if isinstance(losses, (list, tuple)) else [losses]
+    return float(sum(loss.get("loss_weight", 1.0) for loss in losses)) or DEFAULT_AUX_WEIGHT
+
+
+def apply_loss(model: dict, terms: dict[str, float]) -> None:
+    """The study's loss on the decode head and, at their configured weight, the aux heads."""
+    model["decode_head"]["loss_decode"] = loss_configs(terms)
+    aux = model.get("auxiliary_head")
+    for head in (aux if isinstance(aux, (list, tuple)) else [aux] if aux else []):
+        head["loss_decode"] = loss_configs(terms, _aux_weight(head))
+
+
+def set_iterations(cfg, iterations: int, val_interval: int | None) -> None:
+    """Change the schedule's length; schedulers that ended with it end with the new one."""
+    old = cfg.train_cfg.max_iters
+    cfg.train_cfg.max_iters = iterations
+    for scheduler in cfg.get("param_scheduler") or []:
+        if scheduler.get("end") == old or scheduler.get("end", 0) > iterations:
+            scheduler["end"] = iterations
+        if scheduler.get("begin", 0) >= iterations:
+            scheduler["begin"] = 0
+    interval = val_interval or min(cfg.train_cfg.get("val_interval", iterations), iterations)
+    cfg.train_cfg.val_interval = interval
+    cfg.default_hooks.checkpoint.interval = interval
+
+
+def _reroot(path: str, data_root: str) -> str:
+    parts = Path(path).parts
+    return str(Path(data_root, *parts[1:])) if parts and parts[0] == "data" else path
+
+
+def build_config(spec: RunSpec, world_size: int = 1, on_gpu: bool = False):
+    """The mmengine Config of one run: the leaf config plus the spec's overrides."""
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(spec.config)
+    apply_loss(cfg.model, spec.terms)
+    cfg.randomness = dict(seed=spec.seed, deterministic=spec.deterministic)
+    if spec.iterations is not None or spec.val_interval is not None:
+        set_iterations(cfg, spec.iterations or cfg.train_cfg.max_iters, spec.val_interval)
+    if spec.lr is not None:
+        optimizer = cfg.optim_wrapper.optimizer
+        scale = spec.lr / optimizer.lr
+        optimizer.lr = spec.lr
+        for scheduler in cfg.get("param_scheduler") or []:
+            if "eta_min" in scheduler:
+                scheduler["eta_min"] *= scale
+    if spec.batch_size is not None:
+        cfg.train_dataloader.batch_size = spec.batch_size
+    if spec.data_root is not None:
+        for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
+            dataset = cfg.get(loader, {}).get("dataset", {})
+            if "data_root" in dataset:
+                dataset["data_root"] = _reroot(dataset["data_root"], spec.data_root)
+    cfg.work_dir = spec.work_dir
+    cfg.resume = True  # from the work dir's last checkpoint, when there is one
+    cfg.load_from = None
+    # One name per run: mmengine keys its global logger and visualizer by it.
+    cfg.experiment_name = f"{Path(spec.work_dir).name}-{uuid.uuid4().hex[:8]}"
+    if world_size > 1:
+        # Ray Train has already made the process group; mmengine sees it and wraps the model.
+        cfg.launcher = "pytorch"
+        if not on_gpu:  # STACK.md trap 5: DDP on CPU takes no device ids
+            cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None,
+                                         broadcast_buffers=False, find_unused_parameters=False)
+    return cfg
+
+
+# --- pretrained weights -------------------------------------------------------------------------
+
+class PretrainedWeightsError(RuntimeError):
+    """A config asks for pretrained weights that are neither cached nor downloadable."""
+
+
+def _pretrained_sources(node) -> Iterator[str]:
+    if isinstance(node, dict):
+        if isinstance(node.get("pretrained"), str):
+            yield node["pretrained"]
+        if node.get("type") == "Pretrained" and isinstance(node.get("checkpoint"), str):
+            yield node["checkpoint"]
+        for value in node.values():
+            yield from _pretrained_sources(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            yield from _pretrained_sources(value)
+
+
+def _resolve_url(source: str) -> str | None:
+    """The http(s) URL mmengine would fetch `source` from, or None for a local file."""
+    from mmengine.runner.checkpoint import get_external_models, get_mmcls_models
+
+    if source.startswith(("http://", "https://")):
+        return source
+    for prefix, table in (("open-mmlab://", get_external_models), ("mmcls://", get_mmcls_models)):
+        if source.startswith(prefix):
+            name = source[len(prefix):]
+            urls = table()
+            if name not in urls:
+                raise PretrainedWeightsError(f"{source}: mmengine knows no such model")
+            return urls[name]
+    if source.startswith("torchvision://"):
+        raise PretrainedWeightsError(f"{source}: torchvision weights need torchvision, which "
+                                     "this project does not install; use a local file")
+    return None
+
+
+def ensure_pretrained(model_cfg: dict) -> list[str]:
+    """Make every pretrained checkpoint of the model available before training starts.
+
+    A URL is fetched into torch's hub cache (where mmengine looks) unless it is there already;
+    a checkpoint that cannot be had is a PretrainedWeightsError, never a silent random init.
+    Returns the local paths.
+    """
+    import torch.hub
+
+    paths = []
+    for source in dict.fromkeys(_pretrained_sources(model_cfg)):
+        url = _resolve_url(source)
+        if url is None:
+            if not Path(source).is_file():
+                raise PretrainedWeightsError(f"pretrained checkpoint {source} does not exist")
+            paths.append(source)
+            continue
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+        if not cached.is_file():
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                torch.hub.download_url_to_file(url, str(cached), progress=True)
+            except Exception as error:  # noqa: BLE001 - any failure means the same to the user
+                raise PretrainedWeightsError(
+                    f"the config's pretrained backbone {source} is not cached at {cached} and "
+                    f"could not be downloaded from {url} ({type(error).__name__}: {error}). "
+                    f"Download it on a machine with network access and copy it to {cached} "
+                    f"(or set TORCH_HOME); training from random weights would not reproduce "
+                    f"the paper.") from error
+        paths.append(str(cached))
+    return paths
+
+
+# --- mmengine state and checkpoints ---------------------------------------------------------
+
+def _manager_classes():
+    from mmengine.utils import ManagerMixin
+
+    stack, seen = [ManagerMixin], []
+    while stack:
+        cls = stack.pop()
+        seen.append(cls)
+        stack.extend(cls.__subclasses__())
+    return seen
+
+
+@contextmanager
+def isolated_mmengine_state() -> Iterator[None]:
+    """Drop the loggers, visualizers, message hubs and scopes a run created when it ends.
+
+    mmengine keeps them in process-wide registries (ManagerMixin); several runs in one process
+    (tests, a Ray worker reused) would otherwise write to each other's log files.
+    """
+    before = {cls: dict(cls._instance_dict) for cls in _manager_classes()}
+    try:
+        yield
+    finally:
+        import logging
+
+        for cls in _manager_classes():
+            kept = before.get(cls, {})
+            for name in [n for n in cls._instance_dict if n not in kept]:
+                instance = cls._instance_dict.pop(name)
+                if isinstance(instance, logging.Logger):
+                    for handler in list(instance.handlers):
+                        handler.close()
+                        instance.removeHandler(handler)
+
+
+@contextmanager
+def trusted_checkpoint_loading() -> Iterator[None]:
+    """torch 2.13 loads with weights_only=True, which mmengine's resume checkpoints (message hub,
+    history buffers) do not pass (STACK.md trap 4). Allow full unpickling only here, around the
+    loading of this run's own checkpoints from its own work dir."""
+    previous = os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
+        else:
+            os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = previous
+
+
+def _runner_class():
+    from mmengine.runner import Runner
+
+    class StudyRunner(Runner):
+        def load_or_resume(self) -> None:
+            with trusted_checkpoint_loading():
+                super().load_or_resume()
+
+    return StudyRunner
+
+
+# --- the hook that reports evaluations --------------------------------------------------------
+
+def _study_hook_class():
+    from mmengine.dist import get_world_size, is_main_process
+    from mmengine.hooks import Hook
+
+    class StudyHook(Hook):
+        """Keeps the validation history (resumable, in the work dir) and reports every
+        evaluation: iteration, mIoU, mPixIoU, the mean training loss since the last one and
+        the world size the model trains in."""
+
+        priority = "LOW"
+
+        def __init__(self, work_dir: str, report: Callable[[dict], None] | None):
+            self.history_file = Path(work_dir) / HISTORY
+            self.report = report
+            self.history: list[dict] = []
+            self._loss_sum = 0.0
+            self._loss_count = 0
+
+        def before_train(self, runner) -> None:
+            # After a resume, keep the evaluations up to the checkpoint the run resumed from.
+            if self.history_file.is_file():
+                lines = self.history_file.read_text().splitlines()
+                self.history = [r for r in map(json.loads, lines) if r["iteration"] <= runner.iter]
+            if is_main_process():
+                self._write_history()
+
+        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+            if outputs and "loss" in outputs:
+                self._loss_sum += float(outputs["loss"])
+                self._loss_count += 1
+
+        def after_val_epoch(self, runner, metrics=None) -> None:
+            if not metrics or runner.train_loop is None:
+                return
+            record = {
+                "iteration": runner.iter,
+                "mIoU": float(metrics["mIoU"]),
+                "mPixIoU": float(metrics["mPixIoU"]),
+                "loss": self._loss_sum / self._loss_count if self._loss_count else None,
+                "world_size": get_world_size(),
+                "per_class": {k: float(v) for k, v in metrics.items()
+                              if k.startswith(("IoU.", "PixIoU."))},
+            }
+            self._loss_sum, self._loss_count = 0.0, 0
+            self.history = [r for r in self.history if r["iteration"] != record["iteration"]]
+            self.history.append(record)
+            if is_main_process():
+                self._write_history()
+            if self.report is not None:
+                self.report({k: v for k, v in record.items() if k != "per_class"})
+
+        def _write_history(self) -> None:
+            self.history_file.parent.mkdir(parents=True, exist_ok=True)
+            text = "".join(json.dumps(r) + "\n" for r in self.history)
+            tmp = self.history_file.with_suffix(".tmp")
+            tmp.write_text(text)
+            tmp.replace(self.history_file)
+
+    return StudyHook
+
+
+# --- one run ------------------------------------------------------------------------------------
+
+def run(spec: RunSpec, report: Callable[[dict], None] | None = None) -> dict:
+    """Train (or resume) one run and return its summary (also written to work_dir on rank 0).
+
+    `report` is called on every rank after every evaluation (the Ray trial passes
+    `ray.train.report`).
+    """
+    import torch
+    from mmengine.dist import get_world_size, is_distributed, is_main_process
+
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    world_size = get_world_size() if is_distributed() else 1
+    on_gpu = torch.cuda.is_available()
+    cfg = build_config(spec, world_size, on_gpu)
+    ensure_pretrained(cfg.model)
+    Path(spec.work_dir).mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    with isolated_mmengine_state():
+        runner = _runner_class().from_cfg(cfg)
+        hook = _study_hook_class()(spec.work_dir, report)
+        runner.register_hook(hook)
+        resumed_from = _latest_iteration(spec.work_dir)
+        runner.train()
+        if not hook.history or hook.history[-1]["iteration"] != runner.iter:
+            # Killed between the last checkpoint and its evaluation: evaluate now.
+            runner.val_loop.run()
+        summary = {
+            "spec": spec.to_dict(),
+            "config_name": Path(spec.config).stem,
+            "iterations": runner.iter,
+            "resumed_from": resumed_from,
+            "world_size": world_size,
+            "wall_time_s": round(time.time() - started, 2),
+            **{k: hook.history[-1][k] for k in ("mIoU", "mPixIoU", "per_class")},
+            "history": [{k: v for k, v in r.items() if k != "per_class"}
+                        for r in hook.history],
+        }
+        if is_main_process():
+            from .artifacts import write_run_artifacts
+
+            work_dir = Path(spec.work_dir)
+            cfg.dump(str(work_dir / "config.py"))
+            write_run_artifacts(runner, work_dir, spec.overlays)
+            tmp = work_dir / (SUMMARY + ".tmp")
+            tmp.write_text(json.dumps(summary, indent=2) + "\n")
+            tmp.replace(work_dir / SUMMARY)  # written last: its presence means "finished"
+    return summary
+
+
+def _latest_iteration(work_dir: str) -> int:
+    pointer = Path(work_dir) / "last_checkpoint"
+    if not pointer.is_file():
+        return 0
+    name = Path(pointer.read_text().strip()).stem  # iter_<n>
+    return int(name.split("_")[-1]) if name.startswith("iter_") else 0
+
+
+def read_summary(work_dir: Path | str) -> dict | None:
+    path = Path(work_dir) / SUMMARY
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="an mmseg config, e.g. mmseg_configs/<leaf>.py")
+    parser.add_argument("--loss", default="ce", help="a study loss of params.yaml train.losses")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work-dir", help="default: work_dirs/<config>/<loss>_seed<seed>")
+    parser.add_argument("--iterations", type=int)
+    parser.add_argument("--val-interval", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--data-root", help="folder holding the datasets (default: data)")
+    parser.add_argument("--params", default="params.yaml", help="for train.losses")
+    args = parser.parse_args(argv)
+    try:
+        params = load_train_params(args.params)
+        if not Path(args.config).is_file():
+            raise ParamsError(f"{args.config}: config not found")
+        if args.seed < 0:
+            raise ParamsError(f"--seed must be >= 0, got {args.seed}")
+        spec = RunSpec(
+            config=args.config, loss=args.loss, terms=params.terms_of(args.loss, "--loss"),
+            seed=args.seed, data_root=args.data_root, lr=args.lr, iterations=args.iterations,
+            val_interval=args.val_interval, batch_size=args.batch_size,
+            deterministic=params.deterministic, overlays=params.overlays,
+            work_dir=args.work_dir or f"work_dirs/{Path(args.config).stem}/"
+                                      f"{args.loss}_seed{args.seed}")
+        summary = run(spec)
+    except (ParamsError, PretrainedWeightsError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: summary[k] for k in ("mIoU", "mPixIoU", "iterations", "wall_time_s")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
