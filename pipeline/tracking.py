@@ -1,0 +1,236 @@
+"""MLflow tracking of a sweep: one parent run per sweep, one nested child run per trial.
+
+Only the sweep's driver writes (Ray Tune callbacks run there), so a sqlite store never sees two
+writers. Every write is idempotent, keyed by tags: a rerun after a crash finds the parent by its
+sweep key and each child by its trial key, logs only the evaluations the run does not have yet,
+and finishes a trial once. The store is `tracking.uri` of params.yaml (sqlite:///mlflow.db, with
+artifacts under `tracking.artifacts`) unless MLFLOW_TRACKING_URI points elsewhere.
+
+Nothing from the environment is logged except what is named here, and every value is checked
+against the environment's secrets (variables named like *PASSWORD*, *TOKEN*, *SECRET*, *KEY*)
+before it leaves, so credentials never reach params, tags or error messages.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from .params import ParamsError
+
+SWEEP_KEY = "pixiou.sweep_key"
+TRIAL_KEY = "pixiou.trial_key"
+FINAL_LOGGED = "pixiou.final_logged"
+PARENT = "mlflow.parentRunId"
+GIT_COMMIT = "mlflow.source.git.commit"
+PACKAGES = ("torch", "mmengine", "mmcv", "mmsegmentation", "ray", "mlflow", "dvc", "numpy")
+SECRET_NAME = re.compile(r"PASSWORD|PASSWD|TOKEN|SECRET|KEY|CREDENTIAL|AUTH", re.IGNORECASE)
+LIVE_METRICS = ("mIoU", "mPixIoU", "loss")
+
+
+@dataclass
+class TrackingParams:
+    """params.yaml: tracking."""
+
+    experiment: str = "pixiou-study"
+    uri: str = "sqlite:///mlflow.db"
+    artifacts: str = "mlartifacts"  # artifact root of a local (sqlite/file) store
+    timeout_seconds: float = 10.0  # per request to a tracking server
+
+    def validate(self, where: str) -> None:
+        if not self.experiment.strip():
+            raise ParamsError(f"params.yaml: {where}.experiment must not be empty")
+        if self.timeout_seconds <= 0:
+            raise ParamsError(f"params.yaml: {where}.timeout_seconds must be > 0")
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used; raised before any training starts."""
+
+
+def tracking_uri(params: TrackingParams) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or params.uri
+
+
+def environment_secrets() -> list[str]:
+    """Values of environment variables whose names say they are secret (4+ characters)."""
+    return sorted({value for name, value in os.environ.items()
+                   if SECRET_NAME.search(name) and len(value) >= 4}, key=len, reverse=True)
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[f"version.{name}"] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+class Tracker:
+    """The sweep's writer; every method is safe to call again after a crash."""
+
+    def __init__(self, params: TrackingParams):
+        from mlflow.tracking import MlflowClient
+
+        self.params = params
+        self.uri = tracking_uri(params)
+        self.secrets = environment_secrets()
+        self.client = MlflowClient(self.uri)
+        self._experiment_id: str | None = None
+
+    @property
+    def is_local(self) -> bool:
+        return self.uri.startswith(("sqlite:", "file:")) or "://" not in self.uri
+
+    # -- set-up --------------------------------------------------------------------------------
+
+    def check(self) -> None:
+        """Fail now, with the store's address, if it cannot be written."""
+        if self.uri.startswith(("http://", "https://")):
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(self.params.timeout_seconds))
+        try:
+            self.experiment_id()
+        except Exception as error:  # noqa: BLE001 - any failure: the store cannot be used
+            hint = ("start it (e.g. `make ui`) or unset MLFLOW_TRACKING_URI to log to "
+                    f"{self.params.uri}") if "MLFLOW_TRACKING_URI" in os.environ else \
+                "check params.yaml tracking.uri"
+            message = redact(f"{type(error).__name__}: {error}", self.secrets).splitlines()[0]
+            raise TrackingError(f"MLflow tracking store {redact(self.uri, self.secrets)} is "
+                                f"not usable: {message[:300]}; {hint}") from None
+
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            experiment = self.client.get_experiment_by_name(self.params.experiment)
+            if experiment is not None:
+                self._experiment_id = experiment.experiment_id
+            else:
+                location = (Path(self.params.artifacts).resolve().as_uri()
+                            if self.is_local else None)
+                self._experiment_id = self.client.create_experiment(
+                    self.params.experiment, artifact_location=location)
+        return self._experiment_id
+
+    def _find(self, filters: str) -> str | None:
+        runs = self.client.search_runs([self.experiment_id()], filter_string=filters,
+                                       max_results=1, order_by=["attributes.start_time ASC"])
+        return runs[0].info.run_id if runs else None
+
+    def _clean(self, values: dict) -> dict[str, str]:
+        return {k: redact(str(v), self.secrets)[:5000] for k, v in values.items()
+                if v is not None}
+
+    def _log_params(self, run_id: str, params: dict) -> None:
+        from mlflow.entities import Param
+
+        logged = self.client.get_run(run_id).data.params
+        new = [Param(k, v) for k, v in self._clean(params).items() if k not in logged]
+        if new:
+            self.client.log_batch(run_id, params=new)
+
+    def _set_tags(self, run_id: str, tags: dict) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in self._clean(tags).items()])
+
+    # -- runs ----------------------------------------------------------------------------------
+
+    def parent_run(self, sweep_key: str, name: str, params: dict, tags: dict) -> str:
+        run_id = self._find(f"tags.`{SWEEP_KEY}` = '{sweep_key}'")
+        if run_id is None:
+            run = self.client.create_run(self.experiment_id(), run_name=name,
+                                         tags=self._clean({SWEEP_KEY: sweep_key}))
+            run_id = run.info.run_id
+        else:
+            self.client.update_run(run_id, status="RUNNING")
+        self._log_params(run_id, params)
+        self._set_tags(run_id, {GIT_COMMIT: git_commit(), **package_versions(), **tags})
+        return run_id
+
+    def child_run_id(self, parent_id: str, trial_key: str) -> str | None:
+        return self._find(f"tags.`{TRIAL_KEY}` = '{trial_key}' and "
+                          f"tags.`{PARENT}` = '{parent_id}'")
+
+    def child_run(self, parent_id: str, trial_key: str, name: str, params: dict,
+                  tags: dict) -> str:
+        run_id = self.child_run_id(parent_id, trial_key)
+        if run_id is None:
+            run = self.client.create_run(
+                self.experiment_id(), run_name=name,
+                tags=self._clean({PARENT: parent_id, TRIAL_KEY: trial_key}))
+            run_id = run.info.run_id
+            self._log_params(run_id, params)
+            self._set_tags(run_id, {GIT_COMMIT: git_commit(), **tags})
+        return run_id
+
+    def log_evaluations(self, run_id: str, records: list[dict]) -> None:
+        """mIoU, mPixIoU and the training loss at each record's iteration, each step once."""
+        from mlflow.entities import Metric
+
+        logged = {key: {m.step for m in self.client.get_metric_history(run_id, key)}
+                  for key in LIVE_METRICS}
+        now = int(time.time() * 1000)
+        metrics = [Metric(key, float(record[key]), now, int(record["iteration"]))
+                   for record in records for key in LIVE_METRICS
+                   if record.get(key) is not None and int(record["iteration"]) not in logged[key]]
+        if metrics:
+            self.client.log_batch(run_id, metrics=metrics)
+
+    def finish_trial(self, run_id: str, summary: dict, work_dir: Path) -> None:
+        """Final and per-class values, the history and the run's artifacts; once."""
+        from mlflow.entities import Metric
+
+        run = self.client.get_run(run_id)
+        if run.data.tags.get(FINAL_LOGGED) == "1":
+            return
+        self.log_evaluations(run_id, summary["history"])
+        now = int(time.time() * 1000)
+        step = int(summary["iterations"])
+        finals = {"final.mIoU": summary["mIoU"], "final.mPixIoU": summary["mPixIoU"],
+                  "wall_time_s": summary["wall_time_s"], **summary["per_class"]}
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step)
+                                               for k, v in finals.items()])
+        for name in ("config.py", "summary.json", "confusion_matrix.png",
+                     "confusion_matrix.json"):
+            if (work_dir / name).is_file():
+                self.client.log_artifact(run_id, str(work_dir / name))
+        if (work_dir / "overlays").is_dir():
+            self.client.log_artifacts(run_id, str(work_dir / "overlays"), "overlays")
+        self._set_tags(run_id, {FINAL_LOGGED: "1", "world_size": summary["world_size"]})
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def end_trial(self, run_id: str, status: str, note: str | None = None) -> None:
+        """A trial that did not finish: FAILED (with its error) or KILLED (stopped early)."""
+        if note:
+            self._set_tags(run_id, {"pixiou.note": note[:2000]})
+        self.client.set_terminated(run_id, status)
+
+    def end_parent(self, run_id: str, counts: dict[str, int]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(f"trials.{k}", float(v), now, 0)
+                                               for k, v in counts.items()])
+        self.client.set_terminated(run_id, "FINISHED" if counts.get("failed", 0) == 0
+                                   else "FAILED")
