@@ -1,0 +1,193 @@
+"""One run through pipeline.train: the study's loss in the config, evaluation, resume, artifacts,
+isolation of mmengine's global state, and the mmseg configs (embedded default and paper-scale)."""
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from pipeline.train import (
+    LOSS_TERMS,
+    PretrainedWeightsError,
+    RunSpec,
+    build_config,
+    ensure_pretrained,
+    isolated_mmengine_state,
+    load_train_params,
+    run,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_VOC = "mmseg_configs/fcn_r18-tiny-d8_1xb4-240_synthetic-voc-128x128.py"
+PAPER_CONFIGS = sorted((ROOT / "mmseg_configs").glob("deeplabv3plus_*.py"))
+
+
+def spec(tmp_path, tiny_data, **overrides) -> RunSpec:
+    values = dict(config=TINY_VOC, loss="ce+pixiou", terms={"ce": 1.0, "pixiou": 0.5}, seed=0,
+                  work_dir=str(tmp_path / "run"), data_root=str(tiny_data), iterations=4,
+                  val_interval=2, overlays=2, threads=1)
+    return RunSpec(**{**values, **overrides})
+
+
+def managers():
+    from pipeline.train import _manager_classes
+
+    return {cls: set(cls._instance_dict) for cls in _manager_classes() if cls._instance_dict}
+
+
+def test_a_tiny_run_trains_evaluates_resumes_and_leaves_its_artifacts(tmp_path, tiny_data):
+    before = managers()
+    first = run(spec(tmp_path, tiny_data))
+    assert [r["iteration"] for r in first["history"]] == [2, 4]
+    assert first["iterations"] == 4 and first["resumed_from"] == 0 and first["world_size"] == 1
+    assert 0 <= first["mIoU"] <= 100 and first["mIoU"] == first["history"][-1]["mIoU"]
+    assert first["history"][0]["loss"] > 0
+    assert len([k for k in first["per_class"] if k.startswith("IoU.")]) == 21
+    work = tmp_path / "run"
+    assert json.loads((work / "summary.json").read_text())["mIoU"] == first["mIoU"]
+    assert "LovaszPixIoULoss" in (work / "config.py").read_text()
+    with Image.open(work / "confusion_matrix.png") as png:
+        assert png.size[0] > 200 and len(set(png.convert("L").getdata())) > 10  # not blank
+    confusion = json.loads((work / "confusion_matrix.json").read_text())
+    assert len(confusion["matrix"]) == 21
+    assert sum(map(sum, confusion["matrix"])) > 0
+    overlays = sorted((work / "overlays").glob("*.png"))
+    assert len(overlays) == 2
+    with Image.open(overlays[0]) as panel:
+        assert panel.size == (3 * 64, 64)  # image | ground truth | prediction
+    # mmengine's loggers/visualizers of the run are gone: a second run cannot write into them
+    assert managers() == before
+
+    again = run(spec(tmp_path, tiny_data, iterations=6))
+    assert again["resumed_from"] == 4
+    assert [r["iteration"] for r in again["history"]] == [2, 4, 6]
+    assert again["history"][:2] == first["history"]
+    logs = sorted(work.glob("*/*.log"))
+    assert len(logs) == 2
+    assert "Auto resumed from the latest checkpoint" in logs[1].read_text()
+    assert "Iter(train) [4/4]" not in logs[1].read_text()  # each run logs only itself
+
+
+def test_runs_are_deterministic_for_a_seed(tmp_path, tiny_data):
+    one = run(spec(tmp_path, tiny_data, work_dir=str(tmp_path / "a"), loss="ce",
+                   terms={"ce": 1.0}, iterations=2, overlays=0))
+    two = run(spec(tmp_path, tiny_data, work_dir=str(tmp_path / "b"), loss="ce",
+                   terms={"ce": 1.0}, iterations=2, overlays=0))
+    other = run(spec(tmp_path, tiny_data, work_dir=str(tmp_path / "c"), loss="ce",
+                     terms={"ce": 1.0}, iterations=2, overlays=0, seed=1))
+    assert one["history"] == two["history"]
+    assert one["history"][0]["loss"] != other["history"][0]["loss"]
+
+
+@pytest.mark.parametrize("loss", ["ce", "lovasz", "pixiou", "ce+lovasz", "ce+pixiou"])
+def test_the_study_loss_goes_on_the_decode_and_auxiliary_heads(loss):
+    params = load_train_params(ROOT / "params.yaml")
+    terms = params.terms_of(loss, "test")
+    cfg = build_config(RunSpec(config=str(PAPER_CONFIGS[0]), loss=loss, terms=terms, seed=0,
+                               work_dir="unused"))
+    decode = cfg.model.decode_head.loss_decode
+    aux = cfg.model.auxiliary_head.loss_decode
+    assert [d["type"] for d in decode] == [LOSS_TERMS[t]["type"] for t in terms]
+    assert [d["loss_weight"] for d in decode] == list(terms.values())
+    assert [d["loss_weight"] for d in aux] == pytest.approx([0.4 * w for w in terms.values()])
+
+
+def test_overrides_reach_the_config(tiny_data):
+    cfg = build_config(RunSpec(config=TINY_VOC, loss="ce", terms={"ce": 1.0}, seed=7,
+                               work_dir="w", data_root="/shared/data", lr=0.5, iterations=50,
+                               val_interval=10, batch_size=2), world_size=2, on_gpu=False)
+    assert cfg.randomness == dict(seed=7, deterministic=True)
+    assert cfg.train_cfg.max_iters == 50 and cfg.train_cfg.val_interval == 10
+    assert cfg.default_hooks.checkpoint.interval == 10
+    assert all(s["end"] <= 50 for s in cfg.param_scheduler)
+    assert cfg.optim_wrapper.optimizer.lr == 0.5
+    assert cfg.param_scheduler[-1]["eta_min"] == pytest.approx(0.5 * 1e-4 / 1e-2)
+    assert cfg.train_dataloader.batch_size == 2
+    assert cfg.train_dataloader.dataset.data_root == "/shared/data/synthetic_voc/VOCdevkit/VOC2012"
+    assert cfg.val_dataloader.dataset.data_root.startswith("/shared/data/")
+    assert cfg.launcher == "pytorch"
+    assert cfg.model_wrapper_cfg["device_ids"] is None  # CPU DDP (STACK.md trap 5)
+
+
+NAME = re.compile(r"(?P<model>[^_]+)_(?P<backbone>[^_]+)_(?P<gpus>\d+)xb(?P<batch>\d+)-"
+                  r"(?P<iters>\d+k?)_(?P<dataset>[^-]+(?:-[a-z]+)?)-(?P<crop>\d+x\d+)")
+
+
+@pytest.mark.parametrize("path", PAPER_CONFIGS + sorted((ROOT / "mmseg_configs").glob("fcn_*")),
+                         ids=lambda p: p.stem)
+def test_config_names_say_what_the_configs_hold(path):
+    from mmengine.config import Config
+
+    match = NAME.fullmatch(path.stem)
+    assert match, f"{path.name} does not follow <model>_<backbone>_<gpus>xb<batch>-<iters>_..."
+    cfg = Config.fromfile(str(path))
+    iters = match["iters"]
+    assert cfg.train_cfg.max_iters == (int(iters[:-1]) * 1000 if iters.endswith("k")
+                                       else int(iters))
+    assert cfg.train_dataloader.batch_size == int(match["batch"])
+    height, width = map(int, match["crop"].split("x"))
+    assert tuple(cfg.crop_size) == (height, width)
+    assert cfg.val_evaluator["type"] == "PixIoUMetric"
+    classes = 21 if "voc" in match["dataset"] else 19
+    assert cfg.model.decode_head.num_classes == classes
+    if match["model"] == "deeplabv3plus":
+        assert cfg.model.pretrained == "open-mmlab://resnet101_v1c"
+        assert cfg.model.backbone.depth == 101
+
+
+def test_a_missing_pretrained_backbone_is_a_clear_error_not_a_random_init(tmp_path,
+                                                                           monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/resnet101_v1c-e67eebb6.pth"
+    with pytest.raises(PretrainedWeightsError) as error:
+        ensure_pretrained({"pretrained": url, "backbone": {"type": "ResNetV1c"}})
+    message = str(error.value)
+    assert url in message and str(tmp_path / "torch") in message and "random" in message
+    # once the file is where the message says, the run can start
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / "resnet101_v1c-e67eebb6.pth"
+    cached.write_bytes(b"weights")
+    assert ensure_pretrained({"pretrained": url}) == [str(cached)]
+    with pytest.raises(PretrainedWeightsError, match="does not exist"):
+        ensure_pretrained({"backbone": {"init_cfg": {"type": "Pretrained",
+                                                     "checkpoint": str(tmp_path / "no.pth")}}})
+
+
+def test_paper_configs_ask_for_the_model_zoo_backbone():
+    from pipeline.train import _resolve_url
+
+    url = _resolve_url("open-mmlab://resnet101_v1c")
+    assert url.startswith("https://") and url.endswith(".pth")
+
+
+def test_isolation_removes_what_a_run_registered():
+    from mmengine.logging import MMLogger
+
+    before = managers()
+    with isolated_mmengine_state():
+        logger = MMLogger.get_instance("isolation-test", log_file=None)
+        assert "isolation-test" in MMLogger._instance_dict
+    assert "isolation-test" not in MMLogger._instance_dict
+    assert not logger.handlers
+    assert managers() == before
+
+
+def test_cli_names_an_unknown_loss_and_runs_a_known_one(tmp_path, tiny_data):
+    base = [sys.executable, "-m", "pipeline.train", TINY_VOC, "--data-root", str(tiny_data),
+            "--iterations", "2", "--val-interval", "2", "--work-dir", str(tmp_path / "cli")]
+    bad = subprocess.run(base + ["--loss", "dice"], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert "unknown loss 'dice'" in bad.stderr and "ce+pixiou" in bad.stderr
+    good = subprocess.run(base + ["--loss", "lovasz", "--seed", "3"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert good.returncode == 0, good.stderr[-2000:]
+    final = json.loads(good.stdout.strip().splitlines()[-1])
+    assert final["iterations"] == 2 and 0 <= final["mIoU"] <= 100
