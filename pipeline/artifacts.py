@@ -1,5 +1,5 @@
-"""What a finished run leaves beside its checkpoints for MLflow: a confusion matrix (PNG and
-JSON) over the validation set and a few prediction overlays (image | ground truth | prediction).
+"""What a finished run leaves beside its checkpoints for MLflow: the confusion matrix (PNG and
+JSON) of its final evaluation and a few prediction overlays (image | ground truth | prediction).
 """
 from __future__ import annotations
 
@@ -53,37 +53,46 @@ def plot_confusion(confusion: np.ndarray, classes: list[str], path: Path) -> Non
     plt.close(fig)
 
 
-def write_run_artifacts(runner, work_dir: Path, overlays: int, ignore_index: int = 255) -> None:
-    """One pass of the trained model over the validation set (rank 0 only)."""
-    import cv2
-    import torch
-    from mmengine.model import is_model_wrapper
+class EvaluationArtifacts:
+    """Collects, during one validation pass, the confusion matrix and the first `overlays`
+    predictions, so the run's artifacts cost no second pass over the validation set."""
 
-    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-    model.eval()
-    meta = runner.val_dataloader.dataset.metainfo
-    classes = list(meta["classes"])
-    palette = np.asarray(meta["palette"], dtype=np.uint8)
-    num_classes = len(classes)
-    confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64)
-    overlay_dir = work_dir / OVERLAYS
-    overlay_dir.mkdir(parents=True, exist_ok=True)
-    shown = 0
-    with torch.no_grad():
-        for batch in runner.val_dataloader:
-            for sample in model.val_step(batch):
-                pred = sample.pred_sem_seg.data.squeeze(0).cpu().long()
-                gt = sample.gt_sem_seg.data.squeeze(0).cpu().long()
-                valid = gt != ignore_index
-                confusion += torch.bincount(gt[valid] * num_classes + pred[valid],
-                                            minlength=num_classes ** 2)
-                if shown < overlays:
-                    image = cv2.imread(sample.img_path)[..., ::-1]
-                    panel = overlay_panel(image, gt.numpy(), pred.numpy(), palette)
-                    name = f"{shown:02d}_{Path(sample.img_path).stem}.png"
-                    cv2.imwrite(str(overlay_dir / name), panel[..., ::-1])
-                    shown += 1
-    matrix = confusion.view(num_classes, num_classes).numpy()
-    (work_dir / CONFUSION_JSON).write_text(
-        json.dumps({"classes": classes, "matrix": matrix.tolist()}) + "\n")
-    plot_confusion(matrix, classes, work_dir / CONFUSION_PNG)
+    def __init__(self, classes: list[str], palette, overlays: int, ignore_index: int = 255):
+        import torch
+
+        self.classes = list(classes)
+        self.palette = np.asarray(palette, dtype=np.uint8)
+        self.overlays = overlays
+        self.ignore_index = ignore_index
+        self.confusion = torch.zeros(len(classes) ** 2, dtype=torch.int64)
+        self.panels: list[tuple[str, np.ndarray]] = []
+
+    def add(self, samples) -> None:
+        import cv2
+        import torch
+
+        num_classes = len(self.classes)
+        for sample in samples:
+            pred = sample.pred_sem_seg.data.squeeze(0).cpu().long()
+            gt = sample.gt_sem_seg.data.squeeze(0).cpu().long()
+            valid = gt != self.ignore_index
+            self.confusion += torch.bincount(gt[valid] * num_classes + pred[valid],
+                                             minlength=num_classes ** 2)
+            if len(self.panels) < self.overlays:
+                image = cv2.imread(sample.img_path)[..., ::-1]
+                name = f"{len(self.panels):02d}_{Path(sample.img_path).stem}.png"
+                self.panels.append((name, overlay_panel(image, gt.numpy(), pred.numpy(),
+                                                        self.palette)))
+
+    def write(self, work_dir: Path) -> None:
+        import cv2
+
+        num_classes = len(self.classes)
+        matrix = self.confusion.view(num_classes, num_classes).numpy()
+        (work_dir / CONFUSION_JSON).write_text(
+            json.dumps({"classes": self.classes, "matrix": matrix.tolist()}) + "\n")
+        plot_confusion(matrix, self.classes, work_dir / CONFUSION_PNG)
+        overlay_dir = work_dir / OVERLAYS
+        overlay_dir.mkdir(parents=True, exist_ok=True)
+        for name, panel in self.panels:
+            cv2.imwrite(str(overlay_dir / name), panel[..., ::-1])

@@ -1,6 +1,6 @@
 """One training run: an mmseg config with the study's loss, seed and overrides, on mmengine.
 
-    python -m pipeline.train mmseg_configs/fcn_r18-tiny-d8_1xb4-240_synthetic-voc-128x128.py \\
+    python -m pipeline.train mmseg_configs/fcn_r18-tiny-d8_1xb4-200_synthetic-voc-128x128.py \\
         --loss pixiou --seed 0 [--iterations 50] [--work-dir work_dirs/debug]
 
 The same `run()` is the body of every Ray trial (pipeline/sweep.py), where it runs on each DDP
@@ -334,9 +334,12 @@ def _study_hook_class():
 
         priority = "LOW"
 
-        def __init__(self, work_dir: str, report: Callable[[dict], None] | None):
+        def __init__(self, work_dir: str, report: Callable[[dict], None] | None,
+                     overlays: int):
             self.history_file = Path(work_dir) / HISTORY
             self.report = report
+            self.overlays = overlays
+            self.artifacts = None  # of the latest validation pass
             self.history: list[dict] = []
             self._loss_sum = 0.0
             self._loss_count = 0
@@ -353,6 +356,17 @@ def _study_hook_class():
             if outputs and "loss" in outputs:
                 self._loss_sum += float(outputs["loss"])
                 self._loss_count += 1
+
+        def before_val_epoch(self, runner) -> None:
+            from .artifacts import EvaluationArtifacts
+
+            meta = runner.val_dataloader.dataset.metainfo
+            self.artifacts = EvaluationArtifacts(meta["classes"], meta["palette"],
+                                                 self.overlays)
+
+        def after_val_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+            if is_main_process() and outputs is not None:
+                self.artifacts.add(outputs)
 
         def after_val_epoch(self, runner, metrics=None) -> None:
             if not metrics or runner.train_loop is None:
@@ -405,12 +419,13 @@ def run(spec: RunSpec, report: Callable[[dict], None] | None = None) -> dict:
     started = time.time()
     with isolated_mmengine_state():
         runner = _runner_class().from_cfg(cfg)
-        hook = _study_hook_class()(spec.work_dir, report)
+        hook = _study_hook_class()(spec.work_dir, report, spec.overlays)
         runner.register_hook(hook)
         resumed_from = _latest_iteration(spec.work_dir)
         runner.train()
-        if not hook.history or hook.history[-1]["iteration"] != runner.iter:
-            # Killed between the last checkpoint and its evaluation: evaluate now.
+        if hook.artifacts is None or hook.history[-1]["iteration"] != runner.iter:
+            # Resumed at the end of the schedule (killed after the last checkpoint): the final
+            # evaluation, and the artifacts drawn from it, happen now.
             runner.val_loop.run()
         summary = {
             "spec": spec.to_dict(),
@@ -424,11 +439,9 @@ def run(spec: RunSpec, report: Callable[[dict], None] | None = None) -> dict:
                         for r in hook.history],
         }
         if is_main_process():
-            from .artifacts import write_run_artifacts
-
             work_dir = Path(spec.work_dir)
             cfg.dump(str(work_dir / "config.py"))
-            write_run_artifacts(runner, work_dir, spec.overlays)
+            hook.artifacts.write(work_dir)  # from the final evaluation
             tmp = work_dir / (SUMMARY + ".tmp")
             tmp.write_text(json.dumps(summary, indent=2) + "\n")
             tmp.replace(work_dir / SUMMARY)  # written last: its presence means "finished"

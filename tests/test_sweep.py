@@ -1,0 +1,218 @@
+"""The sweep through a real Ray runtime and a real MLflow store: results, tracking, DDP, crash
+recovery, `ray job submit`, and bad study parameters failing before Ray starts."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import ROOT, study_params
+
+SECRET = "s3cr3t-Pa55word-for-the-test"
+
+
+def sweep(params: Path, tmp_path: Path, env: dict | None = None, timeout: int = 600):
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.sweep", "synthetic_voc", "--params", str(params),
+         "--results-dir", str(tmp_path / "results")],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})})
+
+
+def runs(tmp_path: Path):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("pixiou-study")
+    found = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in found if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in found if "mlflow.parentRunId" in r.data.tags]
+    return client, parents, children
+
+
+def test_a_sweep_of_two_losses_fills_results_and_mlflow(tmp_path, tiny_data):
+    params = study_params(tmp_path, tiny_data)
+    done = sweep(params, tmp_path, env={"CITYSCAPES_PASSWORD": SECRET, "HF_TOKEN": SECRET})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads((tmp_path / "results" / "synthetic_voc.json").read_text())
+    trials = results["trials"]
+    assert sorted(t["loss"] for t in trials) == ["ce", "pixiou"]
+    for trial in trials:
+        assert trial["status"] == "finished" and trial["error"] is None
+        assert trial["seed"] == 0 and trial["world_size"] == 1 and trial["iterations"] == 4
+        assert 0 <= trial["mIoU"] <= 100 and trial["mPixIoU"] <= 100
+        assert [h["iteration"] for h in trial["history"]] == [2, 4]
+        assert len([k for k in trial["per_class"] if k.startswith("PixIoU.")]) == 21
+        assert trial["wall_time_s"] > 0
+
+    client, parents, children = runs(tmp_path)
+    assert len(parents) == 1 and len(children) == 2
+    parent = parents[0]
+    assert results["mlflow_parent_run_id"] == parent.info.run_id
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["mlflow.source.git.commit"]
+    assert parent.data.tags["data_hash"] == results["data_hash"]
+    assert "version.torch" in parent.data.tags
+    for child in children:
+        trial = next(t for t in trials if t["mlflow_run_id"] == child.info.run_id)
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.info.status == "FINISHED"
+        assert child.data.params["loss"] == trial["loss"]
+        assert child.data.params["seed"] == "0" and child.data.params["dataset"] == "synthetic_voc"
+        assert child.data.metrics["final.mIoU"] == pytest.approx(trial["mIoU"])
+        history = client.get_metric_history(child.info.run_id, "mIoU")
+        assert sorted(m.step for m in history) == [2, 4]  # every evaluation, once
+        artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert {"config.py", "confusion_matrix.png", "overlays"} <= artifacts
+    # no secret of the environment reached params, tags or the logged files
+    for run in [parent, *children]:
+        assert SECRET not in json.dumps([run.data.params, run.data.tags])
+    for path in (tmp_path / "mlartifacts").rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes()
+
+    # a second run of the stage trains nothing and logs nothing twice
+    again = sweep(params, tmp_path)
+    assert again.returncode == 0
+    assert "2 already done, 0 to run" in again.stdout
+    _, parents, children = runs(tmp_path)
+    assert len(parents) == 1 and len(children) == 2
+
+
+def test_a_trial_with_two_workers_trains_under_ddp(tmp_path, tiny_data):
+    params = study_params(tmp_path, tiny_data, sweep=dict(losses=["ce+lovasz"],
+                                                          cpu_workers_per_trial=2))
+    done = sweep(params, tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (trial,) = json.loads((tmp_path / "results" / "synthetic_voc.json").read_text())["trials"]
+    assert trial["status"] == "finished" and trial["workers"] == 2
+    assert trial["world_size"] == 2  # what the model's process group reported
+    assert all(h["world_size"] == 2 for h in trial["history"])
+    assert "world size 2" in done.stdout
+
+
+def test_killing_the_driver_loses_no_finished_trial(tmp_path, tiny_data):
+    params = study_params(tmp_path, tiny_data,
+                          train=dict(iterations=40, val_interval=20),
+                          sweep=dict(losses=["ce", "lovasz"], max_concurrent_trials=1))
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.sweep", "synthetic_voc", "--params", str(params),
+         "--results-dir", str(tmp_path / "results")],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True)
+    storage = tmp_path / "sweeps" / "synthetic_voc"
+    deadline = time.time() + 600
+    while not list(storage.glob("*/summary.json")):
+        assert driver.poll() is None and time.time() < deadline, "no trial finished"
+        time.sleep(0.5)
+    (finished,) = [p.parent for p in storage.glob("*/summary.json")]
+    stamp = (finished / "summary.json").stat().st_mtime_ns
+    driver.kill()  # kill -9 of the driver only; Ray's processes notice it is gone
+    driver.wait()
+    driver.stdout.close()
+    again = sweep(params, tmp_path)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "1 already done, 1 to run" in again.stdout
+    assert (finished / "summary.json").stat().st_mtime_ns == stamp  # not retrained
+    results = json.loads((tmp_path / "results" / "synthetic_voc.json").read_text())
+    assert [t["status"] for t in results["trials"]] == ["finished", "finished"]
+    _, parents, children = runs(tmp_path)
+    assert len(parents) == 1
+    keys = [c.data.tags["pixiou.trial_key"] for c in children]
+    assert sorted(keys) == sorted(t["key"] for t in results["trials"])  # one child per trial
+    assert all(c.info.status == "FINISHED" for c in children)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ray_job_submit_runs_a_sweep_on_a_started_cluster(tmp_path, tiny_data):
+    params = study_params(tmp_path, tiny_data, sweep=dict(losses=["ce"]))
+    ray = str(Path(sys.executable).with_name("ray"))
+    gcs, dashboard = free_port(), free_port()
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    subprocess.run([ray, "start", "--head", "--node-ip-address", "127.0.0.1",
+                    "--port", str(gcs), "--num-cpus", "2", "--include-dashboard", "true",
+                    "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
+                    "--disable-usage-stats"], check=True, capture_output=True, env=env,
+                   timeout=180)
+    try:
+        job = subprocess.run(
+            [ray, "job", "submit", "--address", f"http://127.0.0.1:{dashboard}",
+             "--working-dir", ".", "--", "python", "-m", "pipeline.sweep", "synthetic_voc",
+             "--params", str(params), "--results-dir", str(tmp_path / "results")],
+            cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+        assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+        assert "succeeded" in job.stdout
+        (trial,) = json.loads((tmp_path / "results" / "synthetic_voc.json").read_text())["trials"]
+        assert trial["status"] == "finished"
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, env=env, timeout=120)
+
+
+@pytest.mark.parametrize("sections,message", [
+    (dict(sweep=dict(losses=["ce", "dice"])), "sweep.losses[1]: unknown loss 'dice'"),
+    (dict(sweep=dict(seeds=[0, -1])), "sweep.seeds[1] must be >= 0"),
+    (dict(sweep=dict(gpus_per_trial=64)), "sweep.gpus_per_trial"),
+    (dict(sweep=dict(cpu_workers_per_trial=512)), "sweep.cpu_workers_per_trial"),
+    (dict(sweep=dict(max_failure=3)), "unknown key 'sweep.max_failure'"),
+    (dict(train=dict(losses={"ce": {"focal": 1.0}})), "train.losses.ce.focal: unknown loss term"),
+    (dict(train=dict(iterations=-5)), "train.iterations must be > 0"),
+])
+def test_bad_study_parameters_fail_before_ray_starts(tmp_path, tiny_data, sections, message):
+    done = sweep(study_params(tmp_path, tiny_data, **sections), tmp_path, timeout=120)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "Started a local Ray instance" not in done.stdout + done.stderr
+    assert not (tmp_path / "sweeps").exists()
+
+
+def test_an_unknown_dataset_is_named(tmp_path, tiny_data):
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.sweep", "imagenet", "--params",
+         str(study_params(tmp_path, tiny_data))], cwd=ROOT, capture_output=True, text=True,
+        timeout=120)
+    assert done.returncode == 2
+    assert "unknown dataset 'imagenet'" in done.stderr and "synthetic_voc" in done.stderr
+
+
+def test_an_unreachable_tracking_server_fails_before_training(tmp_path, tiny_data):
+    url = f"http://127.0.0.1:{free_port()}"
+    done = sweep(study_params(tmp_path, tiny_data), tmp_path,
+                 env={"MLFLOW_TRACKING_URI": url}, timeout=120)
+    assert done.returncode == 2
+    assert f"MLflow tracking store {url} is not usable" in done.stderr
+    assert "unset MLFLOW_TRACKING_URI" in done.stderr
+    assert not (tmp_path / "sweeps").exists()
+
+
+def test_the_study_changes_only_the_trials_it_touches(tmp_path, tiny_data):
+    """Changing one loss weight keeps every other trial's key (and so its finished run)."""
+    from pipeline.sweep import load_study, plan_trials
+
+    base = study_params(tmp_path, tiny_data, sweep=dict(losses=["ce", "ce+pixiou"]))
+    keys = {t.spec.loss: t.key for t in plan_trials(load_study("synthetic_voc", base))}
+    changed = study_params(tmp_path, tiny_data, sweep=dict(losses=["ce", "ce+pixiou"]),
+                           train=dict(losses={"ce": {"ce": 1.0},
+                                              "ce+pixiou": {"ce": 1.0, "pixiou": 0.5}}))
+    again = {t.spec.loss: t.key for t in plan_trials(load_study("synthetic_voc", changed))}
+    assert again["ce"] == keys["ce"] and again["ce+pixiou"] != keys["ce+pixiou"]
+
+
+def test_lr_search_draws_reproducible_rates_in_range():
+    from pipeline.sweep import LRSearchParams
+
+    search = LRSearchParams(samples=4, low=1e-4, high=1e-2, seed=3)
+    rates = search.rates()
+    assert rates == search.rates() and len(set(rates)) == 4
+    assert all(1e-4 <= r <= 1e-2 for r in rates)
+    assert LRSearchParams().rates() == [None]
+
