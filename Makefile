@@ -29,7 +29,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 help:
 	@echo "make repro   install (.venv) and run the study: dvc repro"
 	@echo "make test    install (.venv, with dev extras) and run the test suite"
-	@echo "make bench   loss benchmark (writes reports/bench/losses.json)"
+	@echo "make bench   benchmarks: losses, training step, sweep parallel efficiency (reports/bench/)"
 	@echo "make lint    ruff"
 
 $(BIN)/python:
@@ -66,9 +66,9 @@ install-dev: $(VENV)/.stamp-dev
 
 repro: install
 	dvc repro
-	@grep -q "^  sweep:" dvc.yaml || { \
-	  echo "make repro: the data stages are done, but the study has not run: the sweep"; \
-	  echo "(issue #4) and the report (#5) are not built yet, so there are no results."; \
+	@grep -q "^  report:" dvc.yaml || { \
+	  echo "make repro: the study ran (results/*.json, runs in mlflow.db), but the report"; \
+	  echo "stage (issue #5) is not built yet, so there are no comparison tables."; \
 	  exit 2; }
 
 test: install-dev
@@ -79,6 +79,8 @@ lint: install-dev
 
 bench: install
 	$(BIN)/python -m bench.losses
+	$(BIN)/python -m bench.train_step
+	$(BIN)/python -m bench.sweep_parallel
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,85 @@
+"""Sweep parallel efficiency: N one-CPU trials on N CPUs, against the same N one after another.
+
+    python -m bench.sweep_parallel [--trials N] [--iterations 60] [--out ...]
+
+Both sweeps are the real stage (`pipeline.sweep.run_sweep`: Ray Tune over Ray Train trials,
+MLflow tracking) on the generated VOC data, each from empty storage, one right after the other.
+Efficiency = T(one after another) / (N x T(N at once)); target >= 85%. Ray's start-up is inside
+both times, as it is for a user. Needs data/synthetic_voc (dvc repro data@synthetic_voc).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+TARGET = 0.85
+
+
+def sweep_seconds(workdir: Path, trials: int, iterations: int,
+                  concurrent: int) -> tuple[float, float]:
+    """(the stage's wall time, the mean time a trial spends in pipeline.train.run)"""
+    from pipeline.sweep import run_sweep
+
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["study"]["datasets"] = ["synthetic_voc"]
+    params["train"].update(iterations=iterations, val_interval=iterations // 2)
+    params["sweep"].update(losses=["ce"], seeds=list(range(trials)), cpu_workers_per_trial=1,
+                           cpus_per_worker=1, max_concurrent_trials=concurrent,
+                           storage=str(workdir / "sweeps"), lr_search={"samples": 0})
+    params["tracking"].update(uri=f"sqlite:///{workdir / 'mlflow.db'}",
+                              artifacts=str(workdir / "mlartifacts"))
+    path = workdir / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    start = time.perf_counter()
+    results = run_sweep("synthetic_voc", path, workdir / "results")
+    seconds = time.perf_counter() - start
+    assert all(t["status"] == "finished" for t in results["trials"]), results
+    return seconds, sum(t["wall_time_s"] for t in results["trials"]) / trials
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=os.cpu_count())
+    parser.add_argument("--iterations", type=int, default=60)
+    parser.add_argument("--out", default="reports/bench/sweep_parallel.json")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        parallel_dir, serial_dir = Path(tmp, "parallel"), Path(tmp, "serial")
+        parallel_dir.mkdir()
+        serial_dir.mkdir()
+        parallel, parallel_run = sweep_seconds(parallel_dir, args.trials, args.iterations,
+                                               args.trials)
+        serial, serial_run = sweep_seconds(serial_dir, args.trials, args.iterations, 1)
+    efficiency = serial / (args.trials * parallel)
+    # The same ratio for the training inside the trials alone, without Ray's per-trial start-up
+    # (trial actor, Train controller and its helper actors, worker imports).
+    run_efficiency = serial_run / parallel_run
+    print(f"\n== {args.trials} one-CPU trials of {args.iterations} iterations on "
+          f"{os.cpu_count()} CPUs ==")
+    print(f"  one after another: {serial:7.1f} s")
+    print(f"  {args.trials} at once:        {parallel:7.1f} s")
+    print(f"  parallel efficiency: {efficiency:.0%}  (target >= {TARGET:.0%})  "
+          f"{'ok' if efficiency >= TARGET else 'MISSED'}")
+    print(f"  inside the trials (pipeline.train.run): {serial_run:.1f} s alone, "
+          f"{parallel_run:.1f} s side by side: {run_efficiency:.0%}")
+    print(f"  the rest is per-trial start-up and the sweep's fixed cost: "
+          f"{parallel - parallel_run:.1f} s of the parallel sweep, "
+          f"{serial - args.trials * serial_run:.1f} s of the serial one")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(dict(trials=args.trials, iterations=args.iterations,
+                                   cpus=os.cpu_count(), serial_s=serial, parallel_s=parallel,
+                                   efficiency=efficiency, run_s_serial=serial_run,
+                                   run_s_parallel=parallel_run, run_efficiency=run_efficiency,
+                                   target=TARGET), indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
