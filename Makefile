@@ -24,12 +24,13 @@ export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PATH := $(CURDIR)/$(BIN):$(PATH)  # DVC stage commands run the venv's python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install install-dev repro test lint bench clean
+.PHONY: help install install-dev repro test lint bench ui clean
 
 help:
 	@echo "make repro   install (.venv) and run the study: dvc repro"
 	@echo "make test    install (.venv, with dev extras) and run the test suite"
 	@echo "make bench   benchmarks: losses, training step, sweep parallel efficiency (reports/bench/)"
+	@echo "make ui      the MLflow UI of the study on http://127.0.0.1:5000"
 	@echo "make lint    ruff"
 
 $(BIN)/python:
@@ -81,6 +82,9 @@ bench: install
 	$(BIN)/python -m bench.losses
 	$(BIN)/python -m bench.train_step
 	$(BIN)/python -m bench.sweep_parallel
+
+ui: install
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

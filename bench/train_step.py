@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-CONFIG = "mmseg_configs/fcn_r18-tiny-d8_1xb4-200_synthetic-voc-128x128.py"
+CONFIG = "mmseg_configs/fcn_r18-tiny-d8_1xb4-160_synthetic-voc-128x128.py"
 LOSSES = {"ce": {"ce": 1.0}, "lovasz": {"lovasz": 1.0}, "pixiou": {"pixiou": 1.0}}
 TARGET = ("pixiou", "lovasz", 1.15)
 

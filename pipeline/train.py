@@ -1,6 +1,6 @@
 """One training run: an mmseg config with the study's loss, seed and overrides, on mmengine.
 
-    python -m pipeline.train mmseg_configs/fcn_r18-tiny-d8_1xb4-200_synthetic-voc-128x128.py \\
+    python -m pipeline.train mmseg_configs/fcn_r18-tiny-d8_1xb4-160_synthetic-voc-128x128.py \\
         --loss pixiou --seed 0 [--iterations 50] [--work-dir work_dirs/debug]
 
 The same `run()` is the body of every Ray trial (pipeline/sweep.py), where it runs on each DDP

@@ -24,7 +24,7 @@ from pipeline.train import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_VOC = "mmseg_configs/fcn_r18-tiny-d8_1xb4-200_synthetic-voc-128x128.py"
+TINY_VOC = "mmseg_configs/fcn_r18-tiny-d8_1xb4-160_synthetic-voc-128x128.py"
 PAPER_CONFIGS = sorted((ROOT / "mmseg_configs").glob("deeplabv3plus_*.py"))
 
 

@@ -5,15 +5,15 @@ optim_wrapper = dict(
     optimizer=dict(type='AdamW', lr=1e-2, betas=(0.9, 0.999), weight_decay=1e-4))
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.1, begin=0, end=20, by_epoch=False),
-    dict(type='PolyLR', eta_min=1e-4, power=1.0, begin=20, end=200, by_epoch=False)
+    dict(type='PolyLR', eta_min=1e-4, power=1.0, begin=20, end=160, by_epoch=False)
 ]
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=200, val_interval=50)
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=160, val_interval=80)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=25, log_metric_by_epoch=False),
     param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=50, max_keep_ckpts=1),
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=80, max_keep_ckpts=1),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='SegVisualizationHook'))
