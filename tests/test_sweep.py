@@ -145,12 +145,19 @@ def test_ray_job_submit_runs_a_sweep_on_a_started_cluster(tmp_path, tiny_data):
                     "--disable-usage-stats"], check=True, capture_output=True, env=env,
                    timeout=180)
     try:
-        job = subprocess.run(
-            [ray, "job", "submit", "--address", f"http://127.0.0.1:{dashboard}",
-             "--working-dir", ".", "--", sys.executable, "-m", "pipeline.sweep", "synthetic_voc",
-             "--params", str(params), "--results-dir", str(tmp_path / "results")],
-            cwd=ROOT, capture_output=True, text=True, timeout=600,
-            env={**env, "RAY_AUTH_MODE": "token"})  # the cluster's token, from ~/.ray
+        deadline = time.time() + 120
+        while True:
+            job = subprocess.run(
+                [ray, "job", "submit", "--address", f"http://127.0.0.1:{dashboard}",
+                 "--working-dir", ".", "--", sys.executable, "-m", "pipeline.sweep",
+                 "synthetic_voc", "--params", str(params), "--results-dir",
+                 str(tmp_path / "results")],
+                cwd=ROOT, capture_output=True, text=True, timeout=600,
+                env={**env, "RAY_AUTH_MODE": "token"})  # the cluster's token, from ~/.ray
+            # The job agent comes up some seconds after `ray start` returns.
+            if "No available agent" not in job.stderr or time.time() > deadline:
+                break
+            time.sleep(2)
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
         assert "succeeded" in job.stdout
         (trial,) = json.loads((tmp_path / "results" / "synthetic_voc.json").read_text())["trials"]
