@@ -255,11 +255,27 @@ def _train_worker(config: dict) -> None:
     from .train import run
 
     spec = RunSpec(**config["spec"])
+    _injected_fault(config["key"])
     # Tune and Train move workers' working directories; configs are relative to this checkout
     # (the one Ray shipped as working_dir), which is where this package was imported from.
     checkout = Path(__file__).resolve().parents[1]
     spec = RunSpec(**{**spec.to_dict(), "config": str(checkout / spec.config)})
     run(spec, report=ray.train.report)
+
+
+#: Fault injection for the reliability tests: a folder; the first attempt of every trial fails
+#: (leaving a marker there), so the retry path runs for real. Unset in normal use.
+FAULT_ENV = "PIXIOU_FAIL_FIRST_ATTEMPT"
+
+
+def _injected_fault(key: str) -> None:
+    folder = os.environ.get(FAULT_ENV)
+    if folder:
+        marker = Path(folder) / key
+        if not marker.exists():
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+            raise RuntimeError(f"injected fault ({FAULT_ENV}): first attempt of trial {key[:8]}")
 
 
 def _trial_driver(config: dict) -> None:
@@ -271,7 +287,7 @@ def _trial_driver(config: dict) -> None:
     trial = config["trial"]
     trainer = TorchTrainer(
         _train_worker,
-        train_loop_config={"spec": trial["spec"]},
+        train_loop_config={"spec": trial["spec"], "key": trial["key"]},
         scaling_config=ray.train.ScalingConfig(
             num_workers=trial["workers"], use_gpu=trial["use_gpu"],
             resources_per_worker={"CPU": trial["cpus_per_worker"],
@@ -361,6 +377,8 @@ def _init_ray(sweep: SweepParams) -> None:
     # Ray Train polls its workers every 2 s by default, which adds seconds to every short trial.
     env_vars = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S":
                 os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")}
+    if os.environ.get(FAULT_ENV):
+        env_vars[FAULT_ENV] = os.environ[FAULT_ENV]
     os.environ.update(env_vars)
     # Inside `ray job submit` the job's runtime env (its working dir) applies already; otherwise
     # ship this checkout the same way (git-ignored data, .venv and outputs stay here).

@@ -128,6 +128,45 @@ def test_killing_the_driver_loses_no_finished_trial(tmp_path, tiny_data):
     assert all(c.info.status == "FINISHED" for c in children)
 
 
+@pytest.mark.parametrize("retries", [1, 0])
+def test_a_crashing_trial_is_retried_or_recorded_as_failed(tmp_path, tiny_data, retries):
+    params = study_params(tmp_path, tiny_data, sweep=dict(losses=["ce"], max_failures=retries))
+    faults = tmp_path / "faults"
+    done = sweep(params, tmp_path, env={"PIXIOU_FAIL_FIRST_ATTEMPT": str(faults)})
+    (trial,) = json.loads((tmp_path / "results" / "synthetic_voc.json").read_text())["trials"]
+    assert [p.name for p in faults.iterdir()] == [trial["key"]]  # the first attempt crashed
+    _, parents, children = runs(tmp_path)
+    assert len(children) == 1
+    if retries:
+        assert done.returncode == 0
+        assert trial["status"] == "finished" and children[0].info.status == "FINISHED"
+    else:
+        assert done.returncode == 1  # nothing finished: the stage fails
+        assert trial["status"] == "failed" and "injected fault" in trial["error"]
+        assert children[0].info.status == "FAILED"
+        assert "injected fault" in children[0].data.tags["pixiou.note"]
+        assert f"FAILED {trial['trial']}" in done.stdout
+
+
+def test_a_learning_rate_search_runs_under_asha(tmp_path, tiny_data):
+    from pipeline.sweep import LRSearchParams
+
+    search = dict(samples=3, low=1e-3, high=3e-2, seed=0, grace_period=2, reduction_factor=2)
+    params = study_params(tmp_path, tiny_data, train=dict(iterations=6, val_interval=2),
+                          sweep=dict(losses=["ce"], lr_search=search))
+    done = sweep(params, tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    trials = json.loads((tmp_path / "results" / "synthetic_voc.json").read_text())["trials"]
+    assert sorted(t["lr"] for t in trials) == sorted(LRSearchParams(**search).rates())
+    assert {t["status"] for t in trials} <= {"finished", "stopped"}
+    assert any(t["status"] == "finished" for t in trials)
+    _, _, children = runs(tmp_path)
+    status = {c.info.run_id: c.info.status for c in children}
+    for trial in trials:
+        assert status[trial["mlflow_run_id"]] == ("FINISHED" if trial["status"] == "finished"
+                                                  else "KILLED")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
