@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from bench.timing import interleaved_medians
 
 CPU_SHAPES = [(8, 21, 128, 128)]
 GPU_SHAPES = [(8, 21, 128, 128), (8, 21, 512, 512), (4, 19, 512, 1024)]
@@ -81,17 +82,9 @@ def synchronize(device):
 def time_all(shape, device, repeats):
     logits, labels = make_inputs(shape, device)
     runs = candidates()
-    for run in runs.values():  # warm-up
-        run(logits, labels)
-    times = {name: [] for name in runs}
-    for _ in range(repeats):  # interleaved rounds
-        for name, run in runs.items():
-            synchronize(device)
-            start = time.perf_counter()
-            run(logits, labels)
-            synchronize(device)
-            times[name].append(time.perf_counter() - start)
-    medians = {name: statistics.median(t) for name, t in times.items()}
+    medians = interleaved_medians({name: partial(run, logits, labels)
+                                   for name, run in runs.items()},
+                                  repeats, lambda: synchronize(device))
     memory = {name: peak_memory(run, logits, labels) for name, run in runs.items()}
     ours = runs["ours lovasz batch"](logits, labels)
     theirs = runs["mmseg LovaszLoss batch"](logits, labels)

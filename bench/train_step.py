@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import torch
+
+from bench.timing import interleaved_medians
 
 CONFIG = "mmseg_configs/fcn_r18-tiny-d8_1xb4-160_synthetic-voc-128x128.py"
 LOSSES = {"ce": {"ce": 1.0}, "lovasz": {"lovasz": 1.0}, "pixiou": {"pixiou": 1.0}}
@@ -101,15 +101,7 @@ def main(argv=None):
         alone[loss] = loss_alone(cfg, loss)
     runs = {f"step {k}": v for k, v in steps.items()} | {f"loss {k}": v
                                                          for k, v in alone.items()}
-    for run in runs.values():  # warm-up
-        run()
-    times = {name: [] for name in runs}
-    for _ in range(args.repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    medians = {name: statistics.median(t) for name, t in times.items()}
+    medians = interleaved_medians(runs, args.repeats)
     print(f"== {CONFIG}: train_step, {args.threads} thread(s), median of {args.repeats} ==")
     print(f"{'loss':<8} {'step ms':>9} {'x CE':>6} {'loss ms':>9} {'loss share':>11}")
     shares = {}

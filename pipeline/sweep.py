@@ -172,12 +172,13 @@ def load_study(dataset: str, params_file: Path | str = "params.yaml") -> Study:
 
 def check_local_resources(sweep: SweepParams) -> None:
     """gpus_per_trial / workers larger than this machine fail before Ray starts."""
-    import torch
+    if sweep.use_gpu:
+        import torch  # only to count GPUs: CPU sweeps skip the import
 
-    if sweep.use_gpu and sweep.gpus_per_trial > torch.cuda.device_count():
-        raise ParamsError(f"params.yaml: sweep.gpus_per_trial is {sweep.gpus_per_trial} but "
-                          f"this machine has {torch.cuda.device_count()} GPU(s); set it to 0 "
-                          "for CPU trials or set RAY_ADDRESS to a cluster")
+        if sweep.gpus_per_trial > torch.cuda.device_count():
+            raise ParamsError(f"params.yaml: sweep.gpus_per_trial is {sweep.gpus_per_trial} "
+                              f"but this machine has {torch.cuda.device_count()} GPU(s); set "
+                              "it to 0 for CPU trials or set RAY_ADDRESS to a cluster")
     cpus = os.cpu_count() or 1
     needed = sweep.workers * sweep.cpus_per_worker
     if needed > cpus:
@@ -242,7 +243,7 @@ def plan_trials(study: Study) -> list[Trial]:
     return trials
 
 
-def sweep_key(study: Study, trials: list[Trial]) -> str:
+def sweep_key(trials: list[Trial]) -> str:
     return hashlib.sha256(" ".join(t.key for t in trials).encode()).hexdigest()
 
 
@@ -307,17 +308,14 @@ def _tracking_callback(tracker: Tracker, parent_id: str, trials: dict[str, Trial
         """MLflow from the driver: a child per trial, its evaluations as they come, its end."""
 
         def __init__(self):
-            self.run_ids: dict[str, str] = {}
-            self.outcomes: dict[str, dict] = {}
+            self.errors: dict[str, str] = {}  # trial key -> the error it failed with
 
         def _trial(self, tune_trial) -> Trial:
             return trials[tune_trial.config["trial"]["key"]]
 
-        def _run_id(self, trial: Trial) -> str:
-            if trial.key not in self.run_ids:
-                self.run_ids[trial.key] = tracker.child_run(
-                    parent_id, trial.key, trial.name, child_params(trial), child_tags(trial))
-            return self.run_ids[trial.key]
+        def _run_id(self, trial: Trial) -> str:  # found once, then cached by the tracker
+            return tracker.child_run(parent_id, trial.key, trial.name, child_params(trial),
+                                     child_tags(trial))
 
         def on_trial_start(self, iteration, trials, trial, **info):
             log(f"start  {self._trial(trial).name}")
@@ -346,7 +344,7 @@ def _tracking_callback(tracker: Tracker, parent_id: str, trials: dict[str, Trial
         def on_trial_error(self, iteration, trials, trial, **info):
             ours = self._trial(trial)
             error = _trial_error(trial)
-            self.outcomes[ours.key] = {"error": error}
+            self.errors[ours.key] = error
             tracker.end_trial(self._run_id(ours), "FAILED", error)
             log(f"FAILED {ours.name}: {error.splitlines()[0] if error else 'unknown error'}")
 
@@ -408,7 +406,7 @@ def run_sweep(dataset: str, params_file: Path | str = "params.yaml",
          f"{'GPU' if study.sweep.use_gpu else 'CPU'})")
 
     parent_id = tracker.parent_run(
-        sweep_key(study, trials), f"sweep-{dataset}",
+        sweep_key(trials), f"sweep-{dataset}",
         params={"dataset": dataset, "config": Path(study.config).stem,
                 "losses": ",".join(study.sweep.losses),
                 "seeds": ",".join(map(str, study.sweep.seeds)),
@@ -490,7 +488,7 @@ def _run_tuner(study, pending, by_key, tracker, parent_id, child_params, child_t
                 callbacks=[callback], verbose=1))
         _log(f"running {len(pending)} trials, {concurrent} at a time")
         tuner.fit()
-        return {key: outcome["error"] for key, outcome in callback.outcomes.items()}
+        return callback.errors
     finally:
         if not os.environ.get("RAY_ADDRESS"):
             ray.shutdown()

@@ -98,6 +98,7 @@ class Tracker:
         self.secrets = environment_secrets()
         self.client = MlflowClient(self.uri)
         self._experiment_id: str | None = None
+        self._children: dict[tuple[str, str], str] = {}  # (parent, trial key) -> run id
 
     @property
     def is_local(self) -> bool:
@@ -169,8 +170,13 @@ class Tracker:
         return run_id
 
     def child_run_id(self, parent_id: str, trial_key: str) -> str | None:
-        return self._find(f"tags.`{TRIAL_KEY}` = '{trial_key}' and "
-                          f"tags.`{PARENT}` = '{parent_id}'")
+        if (parent_id, trial_key) not in self._children:
+            run_id = self._find(f"tags.`{TRIAL_KEY}` = '{trial_key}' and "
+                                f"tags.`{PARENT}` = '{parent_id}'")
+            if run_id is None:
+                return None
+            self._children[parent_id, trial_key] = run_id
+        return self._children[parent_id, trial_key]
 
     def child_run(self, parent_id: str, trial_key: str, name: str, params: dict,
                   tags: dict) -> str:
@@ -179,7 +185,7 @@ class Tracker:
             run = self.client.create_run(
                 self.experiment_id(), run_name=name,
                 tags=self._clean({PARENT: parent_id, TRIAL_KEY: trial_key}))
-            run_id = run.info.run_id
+            run_id = self._children[parent_id, trial_key] = run.info.run_id
             self._log_params(run_id, params)
             self._set_tags(run_id, {GIT_COMMIT: git_commit(), **tags})
         return run_id
