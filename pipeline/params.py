@@ -68,7 +68,7 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
     if annotation is Any:
         return value
     if dataclasses.is_dataclass(annotation):
-        return parse_section(annotation, value, where)
+        return parse_section(annotation, value, where.removeprefix("params.yaml: "))
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):

@@ -1,0 +1,244 @@
+"""DVC stage `report`: the papers' comparison tables, claim checks and figures from the sweeps.
+
+    python -m pipeline.report [--params params.yaml]
+
+Reads `results/<dataset>.json` for every dataset of `study.datasets` (and `sweep.losses` /
+`sweep.seeds`, to count planned trials that are missing) and writes, under `report.output`:
+
+    tables.md, tables.tex    per dataset: losses x (mIoU, mPixIoU, Δ vs baselines, published);
+                             per-class IoU; the claim checks; the gradient study
+    results.csv              one row per trial, failed and missing ones included
+    metrics.json             DVC metrics: means, stds, trial counts, claim verdicts
+    figures/*.png            mIoU per seed, validation curves, per-class bars, gradient study
+    plots/**.csv             DVC plots data: validation curves, gradient study
+
+Everything is read and checked before anything is written; the same inputs give the same bytes.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..params import ParamsError, load_params, lookup, parse_section
+from . import figures
+from .compare import ClaimParams, check_claim, loss_rows
+from .gradients import LOSSES, gradient_study, summary_rows
+from .published import PublishedError, find, load_published
+from .results import FINISHED, METRICS, MISSING, ResultsError, load_results
+from .tables import claims_table, dataset_table, gradient_table, latex, markdown, per_class_table
+
+
+def _default_claims() -> list[ClaimParams]:
+    return [ClaimParams("lovasz", "ce", "mIoU", "Berman et al. 2018"),
+            ClaimParams("pixiou", "lovasz", "mIoU", "Yu et al. 2021"),
+            ClaimParams("pixiou", "lovasz", "mPixIoU", "Yu et al. 2021")]
+
+
+@dataclass
+class ReportParams:
+    """params.yaml: report."""
+
+    baselines: list[str] = field(default_factory=lambda: ["ce", "lovasz"])
+    claims: list[ClaimParams] = field(default_factory=_default_claims)
+    confidence: float = 0.95
+    published: str = "reports/published.yaml"
+    results_dir: str = "results"
+    output: str = "reports"
+
+    def validate(self, where: str) -> None:
+        if not 0 < self.confidence < 1:
+            raise ParamsError(f"params.yaml: {where}.confidence must lie in (0, 1), "
+                              f"got {self.confidence}")
+
+
+@dataclass
+class Report:
+    """Every file of the report, as bytes or as a figure to draw, before anything is written."""
+
+    texts: dict[str, str]
+    studies: list
+    gradient_points: list[dict]
+
+
+def load_report_params(params: dict) -> tuple[ReportParams, list[str], list[str], list[int]]:
+    report = parse_section(ReportParams, params.get("report", {}), "report")
+    datasets = lookup(params, "study.datasets")
+    losses, seeds = lookup(params, "sweep.losses"), lookup(params, "sweep.seeds")
+    known = lookup(params, "train.losses")
+    for where, key in [*((f"report.baselines[{i}]", b) for i, b in enumerate(report.baselines)),
+                       *((f"report.claims[{i}].{side}", getattr(c, side))
+                         for i, c in enumerate(report.claims) for side in ("better", "worse"))]:
+        if key not in known:
+            raise ParamsError(f"params.yaml: {where} is '{key}', not a key of train.losses "
+                              f"({', '.join(known)})")
+    return report, datasets, losses, seeds
+
+
+def build(params_file: Path | str = "params.yaml") -> tuple[ReportParams, Report]:
+    params = load_params(params_file)
+    report, datasets, planned_losses, planned_seeds = load_report_params(params)
+    published = load_published(Path(report.published))
+    studies, md, tex, claims = [], [], [], []
+    for dataset in datasets:
+        results = load_results(Path(report.results_dir) / f"{dataset}.json", dataset,
+                               planned_losses, planned_seeds)
+        rows = loss_rows(results, report.baselines, report.confidence)
+        iterations = {t.iterations for t in results.trials if t.status == FINISHED}
+        matches = [(row, find(published, dataset, results.config,
+                              next(iter(iterations)) if len(iterations) == 1 else None,
+                              row.terms, "mIoU")) for row in rows]
+        tables = [dataset_table(results, rows, report.baselines, matches, report.confidence),
+                  per_class_table(results, rows)]
+        md += [markdown(t) for t in tables]
+        tex += [latex(t) for t in tables]
+        claims += [check_claim(c, results, report.confidence) for c in report.claims]
+        studies.append((results, rows))
+    points = gradient_study()
+    front = [claims_table(claims, report.confidence), gradient_table(summary_rows(points))]
+    texts = {
+        "tables.md": _markdown_document([markdown(t) for t in front[:1]] + md +
+                                        [markdown(front[1]), _figure_links(studies)]),
+        "tables.tex": "% Generated by `dvc repro report` (pipeline/report). Needs booktabs.\n\n"
+                      + "\n".join([latex(front[0]), *tex, latex(front[1])]),
+        "results.csv": _results_csv(studies),
+        "metrics.json": json.dumps(_metrics(studies, claims), indent=2, sort_keys=True) + "\n",
+    }
+    for results, rows in studies:
+        for row in rows:
+            texts[f"plots/validation/{results.dataset}_{row.loss}.csv"] = _curve_csv(
+                results.loss(row.loss))
+    for case in sorted({p["case"] for p in points}):
+        texts[f"plots/gradient_study/{case.replace(' ', '_')}.csv"] = _gradient_csv(
+            [p for p in points if p["case"] == case])
+    return report, Report(texts, studies, points)
+
+
+def _markdown_document(parts: list[str]) -> str:
+    head = ("# The study's results\n\n"
+            "<!-- Generated by `dvc repro report` (pipeline/report) from results/*.json; "
+            "do not edit. -->\n\n")
+    return head + "\n".join(parts)
+
+
+def _figure_links(studies) -> str:
+    lines = ["### Figures", "", "![mIoU per seed](figures/miou_per_seed.png)", "",
+             "![Validation curves](figures/validation_curves.png)", ""]
+    lines += [f"![IoU per class, {r.dataset}](figures/per_class_{r.dataset}.png)\n"
+              for r, _ in studies]
+    lines.append("![Gradient study](figures/gradient_study.png)")
+    return "\n".join(lines) + "\n"
+
+
+def _csv(header: list[str], rows: list[list]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _results_csv(studies) -> str:
+    rows = []
+    for results, loss_rows_ in studies:
+        labels = {row.loss: row.label for row in loss_rows_}
+        for t in results.trials:
+            error = t.error.strip().splitlines()[-1] if t.error and t.error.strip() else ""
+            rows.append([results.dataset, t.loss, labels[t.loss], t.seed,
+                         "" if t.lr is None else t.lr, t.status, t.iterations or "",
+                         *(t.metrics.get(m, "") for m in METRICS),
+                         "" if t.wall_time_s is None else t.wall_time_s,
+                         t.mlflow_run_id or "", error])
+    return _csv(["dataset", "loss", "label", "seed", "lr", "status", "iterations", *METRICS,
+                 "wall_time_s", "mlflow_run_id", "error"], rows)
+
+
+def _curve_csv(loss_results) -> str:
+    """Mean validation metrics over the finished seeds at each evaluated iteration."""
+    points: dict[int, list[dict]] = {}
+    for trial in loss_results.by_status(FINISHED):
+        for p in trial.history:
+            points.setdefault(p["iteration"], []).append(p)
+    rows = [[it, *(round(sum(p[m] for p in ps) / len(ps), 4) for m in METRICS), len(ps)]
+            for it, ps in sorted(points.items())]
+    return _csv(["iteration", *METRICS, "seeds"], rows)
+
+
+def _slug(label: str) -> str:
+    return label.lower().replace("á", "a").replace("-", "_")
+
+
+def _gradient_csv(points: list[dict]) -> str:
+    return _csv(["shift", "iou", *(_slug(name) for name in LOSSES)],
+                [[p["shift"], p["iou"], *(p[name] for name in LOSSES)] for p in points])
+
+
+def _rounded(value):
+    return None if value is None else round(value, 4)
+
+
+def _metrics(studies, claims) -> dict:
+    metrics: dict = {"trials": {}}
+    for results, rows in studies:
+        metrics[results.dataset] = {row.loss: {
+            **{m: _rounded(row.summaries[m].mean) for m in METRICS},
+            **{f"{m}_std": _rounded(row.summaries[m].std) for m in METRICS},
+            **row.counts} for row in rows}
+        for status, count in results.counts().items():
+            metrics["trials"][status] = metrics["trials"].get(status, 0) + count
+    metrics["claims"] = {}
+    for c in claims:
+        d = c.difference
+        metrics["claims"].setdefault(c.dataset, {})[
+            f"{c.claim.better}_vs_{c.claim.worse}_{c.claim.metric}"] = {
+            "delta": _rounded(d.mean if d else None), "ci_low": _rounded(d.low if d else None),
+            "ci_high": _rounded(d.high if d else None), "seeds": d.n if d else 0,
+            "verdict": c.verdict}
+    return metrics
+
+
+def write(report: ReportParams, built: Report) -> list[Path]:
+    out = Path(report.output)
+    written = []
+    for name, text in built.texts.items():
+        path = out / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        written.append(path)
+    studies, figs = built.studies, out / "figures"
+    written.append(figures.miou_per_seed(studies, figs / "miou_per_seed.png"))
+    written.append(figures.validation_curves(studies, figs / "validation_curves.png"))
+    for results, rows in studies:
+        written.append(figures.per_class_bars(results, rows,
+                                              figs / f"per_class_{results.dataset}.png"))
+    written.append(figures.gradient_study(built.gradient_points, figs / "gradient_study.png"))
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    try:
+        report, built = build(args.params)
+    except (ParamsError, ResultsError, PublishedError) as error:
+        print(f"report: error: {error}", file=sys.stderr)
+        return 2
+    written = write(report, built)
+    counts = json.loads(built.texts["metrics.json"])["trials"]
+    print(f"report: {len(written)} files in {report.output}/ "
+          f"({counts[FINISHED]} finished trials; {counts['failed']} failed, "
+          f"{counts['stopped']} stopped, {counts[MISSING]} missing)")
+    for claim in json.loads(built.texts["metrics.json"])["claims"].items():
+        for name, c in sorted(claim[1].items()):
+            print(f"  {claim[0]}: {name}: {c['verdict']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

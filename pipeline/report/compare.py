@@ -1,0 +1,105 @@
+"""What the papers compare: each loss's mean ± std over seeds, its paired differences to the
+baselines, and the verdict on each claim (statistics in `pipeline.stats`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..params import ParamsError
+from ..stats import INCONCLUSIVE, Difference, Summary, paired_difference, summarise
+from .results import FAILED, FINISHED, METRICS, MISSING, STOPPED, DatasetResults, LossResults
+
+TERM_NAMES = {"ce": "CE", "lovasz": "Lovász-Softmax", "pixiou": "Lovász-PixIoU"}
+
+
+def loss_label(key: str, terms: dict[str, float]) -> str:
+    """The paper's name of a loss from its terms: {ce: 1, lovasz: 0.5} -> 'CE + 0.5·Lovász-Softmax'."""
+    if not terms:
+        return key
+    return " + ".join(("" if float(w) == 1 else f"{float(w):g}·") + TERM_NAMES.get(t, t)
+                      for t, w in terms.items())
+
+
+@dataclass(frozen=True)
+class ClaimParams:
+    """'better' beats 'worse' on 'metric' (keys of train.losses), as 'source' claims."""
+
+    better: str
+    worse: str
+    metric: str
+    source: str
+
+    def validate(self, where: str) -> None:
+        if self.metric not in METRICS:
+            raise ParamsError(f"params.yaml: {where}.metric is '{self.metric}', expected one of "
+                              f"{', '.join(METRICS)}")
+
+
+@dataclass(frozen=True)
+class LossRow:
+    loss: str
+    label: str
+    terms: dict[str, float]
+    summaries: dict[str, Summary]  # metric -> mean ± std over the finished seeds
+    deltas: dict[tuple[str, str], Difference | None]  # (baseline, metric) -> paired difference
+    counts: dict[str, int]  # finished / stopped / failed / missing trials
+    values: dict[str, dict[int, float]]  # metric -> seed -> value
+
+    @property
+    def planned(self) -> int:
+        return sum(self.counts.values())
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    claim: ClaimParams
+    dataset: str
+    better_label: str
+    worse_label: str
+    difference: Difference | None
+    reason: str  # why there is no difference to judge, else ""
+
+    @property
+    def verdict(self) -> str:
+        return self.difference.verdict if self.difference else INCONCLUSIVE
+
+
+def loss_rows(results: DatasetResults, baselines: list[str], confidence: float) -> list[LossRow]:
+    values = {lr.loss: {m: lr.values(m) for m in METRICS} for lr in results.losses}
+    rows = []
+    for lr in results.losses:
+        deltas = {}
+        for baseline in baselines:
+            for metric in METRICS:
+                if lr.loss == baseline or baseline not in values:
+                    deltas[baseline, metric] = None
+                else:
+                    deltas[baseline, metric] = paired_difference(
+                        values[lr.loss][metric], values[baseline][metric], confidence)
+        rows.append(LossRow(
+            loss=lr.loss, label=loss_label(lr.loss, lr.terms), terms=lr.terms,
+            summaries={m: summarise(list(values[lr.loss][m].values())) for m in METRICS},
+            deltas=deltas, values=values[lr.loss],
+            counts={s: len(lr.by_status(s)) for s in (FINISHED, STOPPED, FAILED, MISSING)}))
+    return rows
+
+
+def check_claim(claim: ClaimParams, results: DatasetResults, confidence: float) -> ClaimResult:
+    better, worse = results.loss(claim.better), results.loss(claim.worse)
+    labels = [loss_label(key, lr.terms if lr else {}) for key, lr in
+              ((claim.better, better), (claim.worse, worse))]
+    reason = _no_comparison(claim, better, worse)
+    difference = None if reason else paired_difference(
+        better.values(claim.metric), worse.values(claim.metric), confidence)
+    if difference is not None and difference.n < 2:
+        reason = f"{difference.n} paired seed(s) finished; a confidence interval needs 2"
+    return ClaimResult(claim, results.dataset, *labels, difference, reason)
+
+
+def _no_comparison(claim: ClaimParams, better: LossResults | None,
+                   worse: LossResults | None) -> str:
+    for key, lr in ((claim.better, better), (claim.worse, worse)):
+        if lr is None:
+            return f"'{key}' is not in this study (sweep.losses)"
+        if not lr.by_status(FINISHED):
+            return f"no trial of '{key}' finished"
+    return ""

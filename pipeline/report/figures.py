@@ -1,0 +1,117 @@
+"""The report's figures (matplotlib, headless Agg), saved without a timestamp so the same results
+give the same PNG bytes."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .compare import LossRow  # noqa: E402
+from .gradients import CASES, LOSSES  # noqa: E402
+from .results import FAILED, FINISHED, MISSING, STOPPED, DatasetResults  # noqa: E402
+
+COLOURS = plt.get_cmap("tab10").colors
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
+def miou_per_seed(studies: list[tuple[DatasetResults, list[LossRow]]], path: Path) -> Path:
+    """mIoU per loss and dataset: every finished seed a dot, the mean a bar; unfinished trials
+    are counted under the loss's name."""
+    fig, axes = plt.subplots(1, len(studies), figsize=(5.5 * len(studies), 4.2), squeeze=False)
+    for ax, (results, rows) in zip(axes[0], studies, strict=True):
+        for x, row in enumerate(rows):
+            seeds = row.values["mIoU"]
+            colour = COLOURS[x % len(COLOURS)]
+            for j, (seed, value) in enumerate(seeds.items()):
+                ax.plot(x + (j - (len(seeds) - 1) / 2) * 0.08, value, "o", color=colour,
+                        markersize=6, markeredgecolor="black", markeredgewidth=0.5)
+            if seeds:
+                ax.hlines(row.summaries["mIoU"].mean, x - 0.3, x + 0.3, color=colour, lw=2)
+        ax.set_xticks(range(len(rows)), [_tick(row) for row in rows], fontsize=8)
+        ax.set_ylabel("mIoU (%)")
+        ax.set_title(f"{results.dataset}: mIoU per seed (bar: mean)", fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def _tick(row: LossRow) -> str:
+    label = row.label.replace(" + ", "\n+ ")
+    problems = [f"{row.counts[s]} {s}" for s in (FAILED, STOPPED, MISSING) if row.counts[s]]
+    return label + (f"\n({', '.join(problems)})" if problems else "")
+
+
+def validation_curves(studies: list[tuple[DatasetResults, list[LossRow]]], path: Path) -> Path:
+    """Validation mIoU against iteration: each seed a thin line, a loss one colour."""
+    fig, axes = plt.subplots(1, len(studies), figsize=(5.5 * len(studies), 4.0), squeeze=False)
+    for ax, (results, rows) in zip(axes[0], studies, strict=True):
+        for x, row in enumerate(rows):
+            colour = COLOURS[x % len(COLOURS)]
+            lossres = results.loss(row.loss)
+            drawn = False
+            for trial in lossres.trials:
+                if not trial.history:
+                    continue
+                style = "-" if trial.status == FINISHED else ":"
+                ax.plot([p["iteration"] for p in trial.history],
+                        [p["mIoU"] for p in trial.history], style, color=colour, lw=1.2,
+                        marker="o", markersize=3, label=None if drawn else row.label)
+                drawn = True
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("validation mIoU (%)")
+        ax.set_title(f"{results.dataset}: validation curves (dotted: unfinished)", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def per_class_bars(results: DatasetResults, rows: list[LossRow], path: Path) -> Path:
+    """IoU per class, a bar per loss (mean over the finished seeds)."""
+    columns = [row for row in rows if row.counts["finished"]]
+    width = 0.8 / max(len(columns), 1)
+    fig, ax = plt.subplots(figsize=(max(8.0, 0.55 * len(results.classes) + 2), 4.2))
+    for j, row in enumerate(columns):
+        per_class = results.loss(row.loss).finished_per_class()
+        means = [sum(pc.get(f"IoU.{c}", 0.0) for pc in per_class) / len(per_class)
+                 for c in results.classes]
+        ax.bar([i + (j - (len(columns) - 1) / 2) * width for i in range(len(results.classes))],
+               means, width, color=COLOURS[rows.index(row) % len(COLOURS)], label=row.label)
+    ax.set_xticks(range(len(results.classes)), results.classes, rotation=60, ha="right",
+                  fontsize=8)
+    ax.set_ylabel("IoU (%)")
+    ax.set_title(f"{results.dataset}: IoU per class (mean over seeds)", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=min(len(columns), 5))
+    return _save(fig, path)
+
+
+def gradient_study(points: list[dict], path: Path) -> Path:
+    """Mean |gradient| on false-positive pixels against the shift, one panel per case."""
+    fig, axes = plt.subplots(1, len(CASES), figsize=(5.0 * len(CASES), 3.8), squeeze=False)
+    for ax, case in zip(axes[0], CASES, strict=True):
+        mine = [p for p in points if p["case"] == case.name]
+        for j, name in enumerate(LOSSES):
+            ax.plot([p["shift"] for p in mine], [p[name] for p in mine], "o-",
+                    color=COLOURS[j + 1], label=name)
+        twin = ax.twinx()
+        twin.plot([p["shift"] for p in mine], [p["iou"] for p in mine], "--", color="grey",
+                  lw=1, label="IoU of the prediction")
+        twin.set_ylim(-0.05, 1.05)
+        twin.set_ylabel("IoU", color="grey")
+        ax.set_xlabel("shift (pixels)")
+        ax.set_ylabel("mean |∂loss/∂p| on false positives")
+        ax.set_title(case.name, fontsize=10)
+        ax.grid(alpha=0.3)
+        handles = ax.get_legend_handles_labels()
+        extra = twin.get_legend_handles_labels()
+        ax.legend(handles[0] + extra[0], handles[1] + extra[1], fontsize=7, loc="best")
+    return _save(fig, path)

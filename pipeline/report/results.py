@@ -1,0 +1,181 @@
+"""Reading `results/<dataset>.json` (written by the sweep stage) into what the report compares.
+
+Every problem names the file and the place in it: a report built on a half-read file would show
+numbers nobody ran.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..data.layouts import CITYSCAPES_CLASSES, VOC_CLASSES
+
+FINISHED, STOPPED, FAILED, MISSING = "finished", "stopped", "failed", "missing"
+STATUSES = (FINISHED, STOPPED, FAILED)
+METRICS = ("mIoU", "mPixIoU")
+#: Per-class tables follow the dataset's own class order where it is a known one.
+CLASS_ORDERS = (VOC_CLASSES, CITYSCAPES_CLASSES)
+
+
+class ResultsError(ValueError):
+    """A results file that is missing, empty or not what the sweep stage writes."""
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    loss: str
+    seed: int
+    status: str  # finished | stopped | failed | missing (planned, absent from the file)
+    metrics: dict[str, float]  # mIoU, mPixIoU (finished trials only)
+    per_class: dict[str, float]  # "IoU.<class>" / "PixIoU.<class>" (finished trials only)
+    history: list[dict]  # [{iteration, mIoU, mPixIoU, ...}] validation history
+    lr: float | None = None
+    iterations: int | None = None
+    error: str | None = None
+    wall_time_s: float | None = None
+    mlflow_run_id: str | None = None
+
+
+@dataclass(frozen=True)
+class LossResults:
+    """The trials of one loss, one per planned seed (several per seed under an lr search)."""
+
+    loss: str
+    terms: dict[str, float]
+    trials: list[TrialResult]
+
+    def by_status(self, status: str) -> list[TrialResult]:
+        return [t for t in self.trials if t.status == status]
+
+    def values(self, metric: str) -> dict[int, float]:
+        """seed -> metric of the finished trial of that seed (the best one under an lr search,
+        chosen by validation mIoU, as the sweep has no separate test split)."""
+        best: dict[int, TrialResult] = {}
+        for trial in self.by_status(FINISHED):
+            if trial.seed not in best or trial.metrics["mIoU"] > best[trial.seed].metrics["mIoU"]:
+                best[trial.seed] = trial
+        return {seed: best[seed].metrics[metric] for seed in sorted(best)}
+
+    def finished_per_class(self) -> list[dict[str, float]]:
+        return [t.per_class for t in self.by_status(FINISHED)]
+
+
+@dataclass(frozen=True)
+class DatasetResults:
+    dataset: str
+    config: str
+    path: Path
+    losses: list[LossResults]
+    classes: list[str] = field(default_factory=list)
+
+    def loss(self, key: str) -> LossResults | None:
+        return next((lr for lr in self.losses if lr.loss == key), None)
+
+    @property
+    def trials(self) -> list[TrialResult]:
+        return [t for lr in self.losses for t in lr.trials]
+
+    def counts(self) -> dict[str, int]:
+        return {status: sum(t.status == status for t in self.trials)
+                for status in (*STATUSES, MISSING)}
+
+
+def _require(record: dict, key: str, types: type | tuple, where: str, nullable=False):
+    if key not in record:
+        raise ResultsError(f"{where} has no '{key}'")
+    value = record[key]
+    if value is None and nullable:
+        return None
+    if isinstance(value, bool) or not isinstance(value, types):
+        raise ResultsError(f"{where}.{key} is {value!r}, expected {_type_name(types)}")
+    return value
+
+
+def _type_name(types) -> str:
+    names = [t.__name__ for t in (types if isinstance(types, tuple) else (types,))]
+    return " or ".join(names)
+
+
+def _read_trial(record, where: str) -> tuple[TrialResult, dict]:
+    if not isinstance(record, dict):
+        raise ResultsError(f"{where} is {type(record).__name__}, expected an object")
+    status = _require(record, "status", str, where)
+    if status not in STATUSES:
+        raise ResultsError(f"{where}.status is {status!r}, expected one of {', '.join(STATUSES)}")
+    finished = status == FINISHED
+    metrics, per_class = {}, {}
+    if finished:
+        metrics = {m: float(_require(record, m, (int, float), where)) for m in METRICS}
+        per_class = _require(record, "per_class", dict, where)
+        for name, value in per_class.items():
+            _require(per_class, name, (int, float), f"{where}.per_class")
+    history = _require(record, "history", list, where, nullable=True) or []
+    for i, point in enumerate(history):
+        if not isinstance(point, dict) or "iteration" not in point or "mIoU" not in point:
+            raise ResultsError(f"{where}.history[{i}] needs 'iteration' and 'mIoU'")
+    trial = TrialResult(
+        loss=_require(record, "loss", str, where),
+        seed=_require(record, "seed", int, where),
+        status=status, metrics=metrics, per_class=per_class, history=history,
+        lr=_require(record, "lr", (int, float), where, nullable=True),
+        iterations=_require(record, "iterations", int, where, nullable=True),
+        error=_require(record, "error", str, where, nullable=True) if "error" in record else None,
+        wall_time_s=record.get("wall_time_s"), mlflow_run_id=record.get("mlflow_run_id"))
+    terms = _require(record, "loss_terms", dict, where)
+    return trial, terms
+
+
+def class_order(names: set[str]) -> list[str]:
+    for order in CLASS_ORDERS:
+        if names == set(order):
+            return list(order)
+    return sorted(names)
+
+
+def load_results(path: Path, dataset: str, planned_losses: Sequence[str],
+                 planned_seeds: Sequence[int]) -> DatasetResults:
+    """Read one results file; planned (loss, seed) pairs absent from it become `missing` trials.
+
+    Raises ResultsError naming the file for a missing, empty or malformed file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ResultsError(f"{path}: not found (run the sweep first: dvc repro sweep@{dataset})")
+    text = path.read_text()
+    if not text.strip():
+        raise ResultsError(f"{path}: the file is empty (rerun: dvc repro --force sweep@{dataset})")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ResultsError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise ResultsError(f"{path}: the top level is {type(data).__name__}, expected an object")
+    where = str(path)
+    found = _require(data, "dataset", str, where)
+    if found != dataset:
+        raise ResultsError(f"{path}: holds the results of '{found}', expected '{dataset}'")
+    records = _require(data, "trials", list, where)
+    if not records:
+        raise ResultsError(f"{path}: 'trials' is empty: the sweep planned no trial")
+
+    trials, terms = {}, {}
+    for i, record in enumerate(records):
+        trial, trial_terms = _read_trial(record, f"{path}: trials[{i}]")
+        trials.setdefault(trial.loss, []).append(trial)
+        terms.setdefault(trial.loss, trial_terms)
+    # Planned losses first, in params order; losses only the file knows after them.
+    order = list(dict.fromkeys([*planned_losses, *trials]))
+    losses = []
+    for loss in order:
+        present = trials.get(loss, [])
+        seeds = {t.seed for t in present}
+        absent = [TrialResult(loss, seed, MISSING, {}, {}, []) for seed in planned_seeds
+                  if seed not in seeds]
+        runs = sorted(present + absent, key=lambda t: (t.seed, t.lr or 0.0))
+        losses.append(LossResults(loss, terms.get(loss, {}), runs))
+    names = {name.split(".", 1)[1] for t in (t for lr in losses for t in lr.trials)
+             for name in t.per_class if name.startswith("IoU.")}
+    return DatasetResults(dataset, _require(data, "config", str, where), path, losses,
+                          class_order(names))

@@ -1,0 +1,222 @@
+"""The report's tables, built once as cells and rendered to Markdown and LaTeX (booktabs).
+
+Numbers are formatted here and only here, with fixed precision, so the same results always give
+byte-identical files.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..stats import Difference, Summary
+from .compare import ClaimResult, LossRow
+from .published import Published
+from .results import FAILED, METRICS, MISSING, STOPPED, DatasetResults
+
+DASH = "—"
+
+
+@dataclass(frozen=True)
+class Cell:
+    text: str
+    bold: bool = False
+
+
+@dataclass
+class Table:
+    title: str
+    header: list[str]
+    rows: list[list[Cell]]
+    notes: list[str] = field(default_factory=list)
+    label: str = ""
+    text_columns: int = 1  # the leading columns that hold text (left-aligned), not numbers
+
+
+def number(value: float, signed: bool = False) -> str:
+    value = round(value, 2) + 0.0  # + 0.0 turns -0.0 into 0.0
+    return f"{value:+.2f}" if signed else f"{value:.2f}"
+
+
+def mean_std(summary: Summary) -> str:
+    if summary.n == 0:
+        return DASH
+    if summary.n == 1:
+        return f"{number(summary.mean)} (n=1)"
+    return f"{number(summary.mean)} ± {number(summary.std)}"
+
+
+def difference(diff: Difference | None) -> str:
+    if diff is None or diff.n == 0:
+        return DASH
+    if diff.low is None:
+        return f"{number(diff.mean, True)} (n={diff.n}, no CI)"
+    return f"{number(diff.mean, True)} [{number(diff.low, True)}, {number(diff.high, True)}]"
+
+
+def _trials_cell(row: LossRow) -> str:
+    problems = [f"{row.counts[s]} {s}" for s in (FAILED, STOPPED, MISSING) if row.counts[s]]
+    text = f"{row.counts['finished']}/{row.planned}"
+    return f"{text} ({', '.join(problems)})" if problems else text
+
+
+def _best(means: list[float | None]) -> set[int]:
+    """Indices of the highest value at the shown precision (ties all win); none when every
+    shown value is the same, as then nothing is best."""
+    shown = [None if m is None else round(m, 2) for m in means]
+    values = {m for m in shown if m is not None}
+    if len(values) < 2:
+        return set()
+    return {i for i, m in enumerate(shown) if m == max(values)}
+
+
+def dataset_table(results: DatasetResults, rows: list[LossRow], baselines: list[str],
+                  published: list[tuple[LossRow, Published | None]], confidence: float) -> Table:
+    labels = {row.loss: row.label for row in rows}
+    ci = f"{confidence:.0%} CI"
+    header = ["Loss", "Trials", *METRICS]
+    header += [f"Δ{m} vs {labels.get(b, b)} [{ci}]" for m in METRICS for b in baselines]
+    header.append("Published mIoU")
+    best = {m: _best([row.summaries[m].mean for row in rows]) for m in METRICS}
+    sources: list[Published] = []
+    body = []
+    for i, row in enumerate(rows):
+        cells = [Cell(row.label), Cell(_trials_cell(row))]
+        cells += [Cell(mean_std(row.summaries[m]), i in best[m]) for m in METRICS]
+        cells += [Cell(DASH if row.loss == b else difference(row.deltas[b, m]))
+                  for m in METRICS for b in baselines]
+        match = dict((r.loss, p) for r, p in published)[row.loss]
+        if match is None:
+            cells.append(Cell("not known"))
+        else:
+            if match not in sources:
+                sources.append(match)
+            cells.append(Cell(f"{number(match.value)} [{sources.index(match) + 1}]"))
+        body.append(cells)
+    iterations = sorted({t.iterations for t in results.trials if t.iterations})
+    notes = [
+        f"{results.dataset}, config `{results.config}`, "
+        f"{'/'.join(map(str, iterations)) or '?'} iterations. Mean ± std over the finished "
+        f"seeds; Trials: finished/planned. Δ: mean of the paired differences over the seeds "
+        f"both losses finished, with its {ci} (Student t); the best mean in bold.",
+    ]
+    notes += _trial_notes(results)
+    notes += [f"[{i + 1}] {p.metric} {number(p.value)}: {p.note}" for i, p in enumerate(sources)]
+    if any(p is None for _, p in published):
+        notes.append("Published: 'not known' where no published number has this setting "
+                     "(dataset, config, iterations, loss) in reports/published.yaml.")
+    return Table(f"{results.dataset}: the losses compared", header, body, notes,
+                 f"tab:{results.dataset}")
+
+
+def _trial_notes(results: DatasetResults) -> list[str]:
+    notes = []
+    for status, what in ((FAILED, "Failed"), (STOPPED, "Stopped early by ASHA"),
+                         (MISSING, f"Missing (planned, not in {results.path.name})")):
+        trials = [t for t in results.trials if t.status == status]
+        if not trials:
+            continue
+        listed = []
+        for t in trials:
+            item = f"{t.loss} seed {t.seed}"
+            if t.error and t.error.strip():  # the last line of a traceback says what failed
+                item += f" ({t.error.strip().splitlines()[-1][:100]})"
+            listed.append(item)
+        notes.append(f"{what}: {len(trials)} trial(s): {'; '.join(listed)}.")
+    return notes
+
+
+def per_class_table(results: DatasetResults, rows: list[LossRow]) -> Table:
+    columns = [row for row in rows if row.counts["finished"]]
+    per_loss = {lr.loss: lr.finished_per_class() for lr in results.losses}
+    body = []
+    for name in results.classes:
+        means = []
+        for row in columns:
+            values = [pc[f"IoU.{name}"] for pc in per_loss[row.loss] if f"IoU.{name}" in pc]
+            means.append(sum(values) / len(values) if values else None)
+        best = _best(means)
+        body.append([Cell(name)] + [Cell(DASH if m is None else number(m), i in best)
+                                    for i, m in enumerate(means)])
+    skipped = [row.label for row in rows if not row.counts["finished"]]
+    notes = ["IoU per class, mean over the finished seeds; the best per class in bold."]
+    if skipped:
+        notes.append(f"No finished trial, so no column: {', '.join(skipped)}.")
+    return Table(f"{results.dataset}: IoU per class", ["Class", *(r.label for r in columns)],
+                 body, notes, f"tab:{results.dataset}-per-class")
+
+
+def claims_table(claims: list[ClaimResult], confidence: float) -> Table:
+    body = []
+    for c in claims:
+        diff = c.difference
+        body.append([
+            Cell(f"{c.better_label} > {c.worse_label} on {c.claim.metric}"),
+            Cell(c.claim.source), Cell(c.dataset), Cell(difference(diff)),
+            Cell(", ".join(map(str, diff.seeds)) if diff and diff.seeds else DASH),
+            Cell(c.verdict + (f" ({c.reason})" if c.reason else ""), bold=True)])
+    notes = [f"Verdict from the {confidence:.0%} confidence interval of the mean paired "
+             f"difference over seeds: reproduced if it lies above 0, not reproduced if below, "
+             f"inconclusive if it contains 0 or fewer than 2 seeds are paired."]
+    return Table("The papers' claims, checked", [
+        "Claim", "Source", "Dataset", f"Δ [{confidence:.0%} CI]", "Seeds", "Verdict"],
+        body, notes, "tab:claims", text_columns=3)
+
+
+def gradient_table(rows: list[dict]) -> Table:
+    """rows: {case, description, shifts, <loss label>: [mean |grad| on FP pixels per shift]}."""
+    losses = [k for k in rows[0] if k not in ("case", "description", "shifts")]
+    body = [[Cell(r["case"]), Cell(f"{r['shifts'][0]}–{r['shifts'][-1]}")] +
+            [Cell(f"{r[loss][0]:.4f} → {r[loss][-1]:.4f}") for loss in losses] for r in rows]
+    notes = ["Mean |∂loss/∂p| over the false-positive pixels of the predicted class, at the "
+             "smallest and the largest shift (pixels). " +
+             " ".join(f"{r['case']}: {r['description']}" for r in rows)]
+    return Table("Gradient study: where IoU's gradient vanishes", [
+        "Case", "Shift", *(f"FP gradient, {loss}" for loss in losses)], body, notes,
+        "tab:gradients")
+
+
+# --- rendering -------------------------------------------------------------------------------
+
+def markdown(table: Table) -> str:
+    def line(cells):
+        return "| " + " | ".join(cells) + " |"
+
+    cell = lambda c: f"**{c.text}**" if c.bold and c.text != DASH else c.text
+    n = table.text_columns
+    lines = [f"### {table.title}", "", line(table.header),
+             line([":---"] * n + ["---:"] * (len(table.header) - n))]
+    lines += [line([cell(c) for c in row]) for row in table.rows]
+    lines += [""] + [f"{note}  " for note in table.notes]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+_TEX = [("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("$", r"\$"), ("#", r"\#"),
+        ("_", r"\_"), ("{", r"\{"), ("}", r"\}"), ("~", r"\textasciitilde{}"),
+        ("^", r"\textasciicircum{}"), ("±", r"$\pm$"), ("Δ", r"$\Delta$"), ("→", r"$\to$"),
+        ("∂", r"$\partial$"), ("·", r"$\cdot$"), ("—", "---"), ("–", "--"), ("á", r"\'a"),
+        ("`", "")]
+
+
+def tex_escape(text: str) -> str:
+    # One pass, so a replacement's own backslashes and braces are never escaped again.
+    out = []
+    table = dict(_TEX)
+    for char in text:
+        out.append(table.get(char, char))
+    return "".join(out)
+
+
+def latex(table: Table) -> str:
+    cell = lambda c: (rf"\textbf{{{tex_escape(c.text)}}}" if c.bold and c.text != DASH
+                      else tex_escape(c.text))
+    spec = "l" * table.text_columns + "r" * (len(table.header) - table.text_columns)
+    lines = [r"\begin{table}[t]", r"\centering", r"\footnotesize",
+             rf"\caption{{{tex_escape(table.title)}}}", rf"\label{{{table.label}}}",
+             rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
+             " & ".join(tex_escape(h) for h in table.header) + r" \\", r"\midrule"]
+    lines += [" & ".join(cell(c) for c in row) + r" \\" for row in table.rows]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    if table.notes:
+        lines += [r"\par\smallskip", r"\parbox{\linewidth}{\scriptsize " +
+                  r" \\ ".join(tex_escape(n) for n in table.notes) + "}"]
+    lines.append(r"\end{table}")
+    return "\n".join(lines) + "\n"
