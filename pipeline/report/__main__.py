@@ -65,7 +65,8 @@ class Report:
     gradient_points: list[dict]
 
 
-def load_report_params(params: dict) -> tuple[ReportParams, list[str], list[str], list[int]]:
+def load_report_params(params: dict) -> tuple[ReportParams, list[str], list[str], list[int],
+                                              dict]:
     report = parse_section(ReportParams, params.get("report", {}), "report")
     datasets = lookup(params, "study.datasets")
     losses, seeds = lookup(params, "sweep.losses"), lookup(params, "sweep.seeds")
@@ -76,17 +77,17 @@ def load_report_params(params: dict) -> tuple[ReportParams, list[str], list[str]
         if key not in known:
             raise ParamsError(f"params.yaml: {where} is '{key}', not a key of train.losses "
                               f"({', '.join(known)})")
-    return report, datasets, losses, seeds
+    return report, datasets, losses, seeds, known
 
 
 def build(params_file: Path | str = "params.yaml") -> tuple[ReportParams, Report]:
     params = load_params(params_file)
-    report, datasets, planned_losses, planned_seeds = load_report_params(params)
+    report, datasets, planned_losses, planned_seeds, known = load_report_params(params)
     published = load_published(Path(report.published))
     studies, md, tex, claims = [], [], [], []
     for dataset in datasets:
         results = load_results(Path(report.results_dir) / f"{dataset}.json", dataset,
-                               planned_losses, planned_seeds)
+                               planned_losses, planned_seeds, known)
         rows = loss_rows(results, report.baselines, report.confidence)
         iterations = {t.iterations for t in results.trials if t.status == FINISHED}
         matches = [(row, find(published, dataset, results.config,

@@ -12,7 +12,8 @@ TERM_NAMES = {"ce": "CE", "lovasz": "Lovász-Softmax", "pixiou": "Lovász-PixIoU
 
 
 def loss_label(key: str, terms: dict[str, float]) -> str:
-    """The paper's name of a loss from its terms: {ce: 1, lovasz: 0.5} -> 'CE + 0.5·Lovász-Softmax'."""
+    """The papers' name of a loss from its terms: {ce: 1, lovasz: 0.5} -> 'CE + 0.5·Lovász-Softmax'.
+    """
     if not terms:
         return key
     return " + ".join(("" if float(w) == 1 else f"{float(w):g}·") + TERM_NAMES.get(t, t)

@@ -32,7 +32,7 @@ def miou_per_seed(studies: list[tuple[DatasetResults, list[LossRow]]], path: Pat
         for x, row in enumerate(rows):
             seeds = row.values["mIoU"]
             colour = COLOURS[x % len(COLOURS)]
-            for j, (seed, value) in enumerate(seeds.items()):
+            for j, value in enumerate(seeds.values()):
                 ax.plot(x + (j - (len(seeds) - 1) / 2) * 0.08, value, "o", color=colour,
                         markersize=6, markeredgecolor="black", markeredgewidth=0.5)
             if seeds:

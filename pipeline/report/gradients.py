@@ -33,7 +33,8 @@ class Case:
 
     def masks(self, shift: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(G, P) boolean [H, W] masks at this shift."""
-        gt, pred = torch.zeros(self.size, dtype=torch.bool), torch.zeros(self.size, dtype=torch.bool)
+        gt = torch.zeros(self.size, dtype=torch.bool)
+        pred = torch.zeros_like(gt)
         if self.name == "equal-area shift":
             gt[2:8, 2:8] = True
             pred[2:8, 2:7] = True

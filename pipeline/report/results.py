@@ -109,7 +109,7 @@ def _read_trial(record, where: str) -> tuple[TrialResult, dict]:
     if finished:
         metrics = {m: float(_require(record, m, (int, float), where)) for m in METRICS}
         per_class = _require(record, "per_class", dict, where)
-        for name, value in per_class.items():
+        for name in per_class:
             _require(per_class, name, (int, float), f"{where}.per_class")
     history = _require(record, "history", list, where, nullable=True) or []
     for i, point in enumerate(history):
@@ -135,8 +135,11 @@ def class_order(names: set[str]) -> list[str]:
 
 
 def load_results(path: Path, dataset: str, planned_losses: Sequence[str],
-                 planned_seeds: Sequence[int]) -> DatasetResults:
+                 planned_seeds: Sequence[int],
+                 known_terms: dict[str, dict[str, float]] | None = None) -> DatasetResults:
     """Read one results file; planned (loss, seed) pairs absent from it become `missing` trials.
+
+    known_terms: train.losses, naming the terms of a planned loss that has no trial in the file.
 
     Raises ResultsError naming the file for a missing, empty or malformed file.
     """
@@ -174,7 +177,7 @@ def load_results(path: Path, dataset: str, planned_losses: Sequence[str],
         absent = [TrialResult(loss, seed, MISSING, {}, {}, []) for seed in planned_seeds
                   if seed not in seeds]
         runs = sorted(present + absent, key=lambda t: (t.seed, t.lr or 0.0))
-        losses.append(LossResults(loss, terms.get(loss, {}), runs))
+        losses.append(LossResults(loss, terms.get(loss, (known_terms or {}).get(loss, {})), runs))
     names = {name.split(".", 1)[1] for t in (t for lr in losses for t in lr.trials)
              for name in t.per_class if name.startswith("IoU.")}
     return DatasetResults(dataset, _require(data, "config", str, where), path, losses,

@@ -1,0 +1,330 @@
+"""The report stage (pipeline/report): tables from fixture results, claim verdicts, errors,
+determinism, DVC metrics/plots through a real DVC repo, and the figures."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from pipeline.data.layouts import VOC_CLASSES
+from pipeline.params import ParamsError
+from pipeline.report.__main__ import build, main, write
+from pipeline.report.compare import ClaimParams, check_claim
+from pipeline.report.gradients import gradient_study
+from pipeline.report.published import load_published
+from pipeline.report.results import load_results
+from pipeline.stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
+
+from .conftest import ROOT
+
+TERMS = {"ce": {"ce": 1.0}, "lovasz": {"lovasz": 1.0}, "pixiou": {"pixiou": 1.0},
+         "ce+pixiou": {"ce": 1.0, "pixiou": 1.0}}
+
+
+def trial(loss, seed, miou=None, mpixiou=None, status="finished", error=None,
+          iterations=160, config="fcn_r18-tiny-d8_1xb4-160_synthetic-voc-128x128"):
+    finished = status == "finished"
+    per_class = {f"IoU.{c}": (miou + i if finished else None) for i, c in enumerate(VOC_CLASSES)}
+    return {"trial": f"{loss}_seed{seed}", "key": f"{loss}{seed}", "dataset": "synthetic_voc",
+            "loss": loss, "loss_terms": TERMS[loss], "seed": seed, "lr": None, "config": config,
+            "iterations": iterations, "batch_size": None, "workers": 1, "work_dir": "w",
+            "mlflow_run_id": f"run-{loss}-{seed}", "status": status, "error": error,
+            "mIoU": miou, "mPixIoU": mpixiou, "per_class": per_class if finished else None,
+            "history": [{"iteration": 80, "mIoU": (miou or 5) / 2, "mPixIoU": 0.0},
+                        {"iteration": 160, "mIoU": miou or 5, "mPixIoU": mpixiou or 0.0}],
+            "world_size": 1, "wall_time_s": 1.0}
+
+
+#: ce and lovasz finish every seed; pixiou's seed 2 failed; ce+pixiou is planned, never run.
+FIXTURE_TRIALS = [
+    trial("ce", 0, 10.0, -5.0), trial("ce", 1, 11.0, -4.0), trial("ce", 2, 12.0, -3.0),
+    trial("lovasz", 0, 13.0, 1.0), trial("lovasz", 1, 15.0, 2.0), trial("lovasz", 2, 17.0, 3.0),
+    trial("pixiou", 0, 16.0, 4.0), trial("pixiou", 1, 14.0, 1.0),
+    trial("pixiou", 2, status="failed", error="Traceback (most recent call last):\n  ...\n"
+          "RuntimeError: worker died: out of memory"),
+]
+
+
+def write_results(directory: Path, trials, dataset="synthetic_voc",
+                  config="fcn_r18-tiny-d8_1xb4-160_synthetic-voc-128x128") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{dataset}.json"
+    path.write_text(json.dumps({"dataset": dataset, "config": config, "data_hash": "h",
+                                "mlflow_parent_run_id": "p", "trials": trials}, indent=1))
+    return path
+
+
+def report_params(tmp_path: Path, datasets=("synthetic_voc",), **report) -> Path:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["study"]["datasets"] = list(datasets)
+    params["sweep"].update(losses=["ce", "lovasz", "pixiou", "ce+pixiou"], seeds=[0, 1, 2])
+    params["report"].update(results_dir=str(tmp_path / "results"),
+                            output=str(tmp_path / "reports"),
+                            published=str(ROOT / "reports/published.yaml"), **report)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
+    return path
+
+
+@pytest.fixture
+def fixture_study(tmp_path):
+    write_results(tmp_path / "results", FIXTURE_TRIALS)
+    return report_params(tmp_path)
+
+
+def test_fixture_results_give_the_expected_tables(fixture_study, tmp_path):
+    assert main(["--params", str(fixture_study)]) == 0
+    md = (tmp_path / "reports/tables.md").read_text()
+    # t(0.975, 2) = 4.3027: lovasz - ce = [3, 4, 5] -> 4 ± 4.3027 / sqrt(3) = [1.52, 6.48].
+    # mPixIoU: lovasz - ce = [6, 6, 6], an interval of width 0.
+    assert ("| CE | 3/3 | 11.00 ± 1.00 | -4.00 ± 1.00 | — | -4.00 [-6.48, -1.52] | — | "
+            "-6.00 [-6.00, -6.00] | not known |") in md
+    # The best mean in bold, ties (15.00) included.
+    assert ("| Lovász-Softmax | 3/3 | **15.00 ± 2.00** | 2.00 ± 1.00 | +4.00 [+1.52, +6.48] | — | "
+            "+6.00 [+6.00, +6.00] | — | not known |") in md
+    # pixiou: seeds 0, 1 finished (16, 14); vs lovasz (13, 15): diffs [3, -1], t(0.975, 1) =
+    # 12.706 -> 1 ± 12.706 * 2.828 / sqrt(2); vs ce (10, 11): [6, 3].
+    assert ("| Lovász-PixIoU | 2/3 (1 failed) | **15.00 ± 1.41** | **2.50 ± 2.12** | "
+            "+4.50 [-14.56, +23.56] | +1.00 [-24.41, +26.41] |") in md
+    # The planned loss that never ran is a row of its own, counted, with no invented numbers.
+    assert "| CE + Lovász-PixIoU | 0/3 (3 missing) | — | — | — | — | — | — | not known |" in md
+    assert "Failed: 1 trial(s): pixiou seed 2 (RuntimeError: worker died: out of memory)." in md
+    assert ("Missing (planned, not in synthetic_voc.json): 3 trial(s): ce+pixiou seed 0; "
+            "ce+pixiou seed 1; ce+pixiou seed 2.") in md
+    # The claims, with the seeds they paired.
+    assert ("| Lovász-Softmax > CE on mIoU | Berman et al. 2018 | synthetic_voc | "
+            "+4.00 [+1.52, +6.48] | 0, 1, 2 | **reproduced** |") in md
+    assert ("| Lovász-PixIoU > Lovász-Softmax on mIoU | Yu et al. 2021 | synthetic_voc | "
+            "+1.00 [-24.41, +26.41] | 0, 1 | **inconclusive** |") in md
+    # Per class: IoU.<c> = mIoU + index, so Lovász-Softmax (mean 15) is best on every class
+    # but no column exists for the loss with no finished trial.
+    assert "| Class | CE | Lovász-Softmax | Lovász-PixIoU |" in md
+    assert "| background | 11.00 | **15.00** | 15.00 |" not in md  # 15.00 ties: both bold
+    assert "| background | 11.00 | **15.00** | **15.00** |" in md
+    assert "| aeroplane | 12.00 | **16.00** | **16.00** |" in md
+    assert "No finished trial, so no column: CE + Lovász-PixIoU." in md
+
+    metrics = json.loads((tmp_path / "reports/metrics.json").read_text())
+    assert metrics["trials"] == {"finished": 8, "failed": 1, "stopped": 0, "missing": 3}
+    assert metrics["synthetic_voc"]["pixiou"]["mIoU"] == 15.0
+    assert metrics["synthetic_voc"]["ce+pixiou"]["mIoU"] is None
+    assert metrics["claims"]["synthetic_voc"]["lovasz_vs_ce_mIoU"]["verdict"] == REPRODUCED
+
+    rows = (tmp_path / "reports/results.csv").read_text().splitlines()
+    assert rows[0].startswith("dataset,loss,label,seed,lr,status")
+    assert len(rows) == 1 + 12
+    assert sum(",failed," in r for r in rows) == 1 and sum(",missing," in r for r in rows) == 3
+
+    tex = (tmp_path / "reports/tables.tex").read_text()
+    assert r"\toprule" in tex and r"\bottomrule" in tex
+    assert r"Lov\'asz-Softmax & 3/3 & \textbf{15.00 $\pm$ 2.00}" in tex
+    assert r"\textbf{reproduced}" in tex
+
+
+def test_same_results_give_byte_identical_outputs(fixture_study, tmp_path):
+    assert main(["--params", str(fixture_study)]) == 0
+    first = {p: p.read_bytes() for p in sorted((tmp_path / "reports").rglob("*")) if p.is_file()}
+    assert main(["--params", str(fixture_study)]) == 0
+    second = {p: p.read_bytes() for p in sorted((tmp_path / "reports").rglob("*"))
+              if p.is_file()}
+    assert first == second
+    assert len(first) >= 10
+
+
+def test_figures_are_valid_non_blank_pngs(fixture_study, tmp_path):
+    write(*build(fixture_study))
+    pngs = sorted((tmp_path / "reports/figures").glob("*.png"))
+    assert [p.name for p in pngs] == ["gradient_study.png", "miou_per_seed.png",
+                                      "per_class_synthetic_voc.png", "validation_curves.png"]
+    for png in pngs:
+        with Image.open(png) as image:
+            assert image.format == "PNG"
+            pixels = np.asarray(image.convert("RGB"), dtype=np.float64)
+        assert pixels.shape[0] > 200 and pixels.shape[1] > 400
+        # Not blank: many colours (lines, dots, text) and real contrast against white.
+        assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50, png.name
+        assert (pixels.min(axis=2) < 128).mean() > 0.005, png.name
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("", "the file is empty"),
+    ("{not json", "not valid JSON"),
+    ("[]", "the top level is list"),
+    (json.dumps({"dataset": "synthetic_voc", "config": "c", "trials": []}), "'trials' is empty"),
+    (json.dumps({"dataset": "synthetic_cityscapes", "config": "c", "trials": [1]}),
+     "holds the results of 'synthetic_cityscapes'"),
+    (json.dumps({"dataset": "synthetic_voc", "config": "c",
+                 "trials": [{k: v for k, v in trial("ce", 0, 1.0, 1.0).items() if k != "seed"}]}),
+     "trials[0] has no 'seed'"),
+    (json.dumps({"dataset": "synthetic_voc", "config": "c",
+                 "trials": [{**trial("ce", 0, 1.0, 1.0), "mIoU": "high"}]}),
+     "trials[0].mIoU is 'high'"),
+    (json.dumps({"dataset": "synthetic_voc", "config": "c",
+                 "trials": [{**trial("ce", 0, 1.0, 1.0), "status": "running"}]}),
+     "trials[0].status is 'running'"),
+])
+def test_bad_results_files_name_the_file_and_keep_the_old_report(tmp_path, capsys, content,
+                                                                 expected):
+    (tmp_path / "results").mkdir()
+    path = tmp_path / "results/synthetic_voc.json"
+    path.write_text(content)
+    old = tmp_path / "reports/tables.md"
+    old.parent.mkdir()
+    old.write_text("the previous report")
+    assert main(["--params", str(report_params(tmp_path))]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and expected in err, err
+    assert old.read_text() == "the previous report"
+    assert sorted(p.name for p in old.parent.iterdir()) == ["tables.md"]
+
+
+def test_a_missing_results_file_says_which_stage_makes_it(tmp_path, capsys):
+    assert main(["--params", str(report_params(tmp_path))]) == 2
+    assert "synthetic_voc.json: not found (run the sweep first: dvc repro sweep@synthetic_voc)" \
+        in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("report, expected", [
+    (dict(bogus=1), "unknown key 'report.bogus'"),
+    (dict(confidence=1.5), "report.confidence must lie in (0, 1)"),
+    (dict(baselines=["xe"]), "report.baselines[0] is 'xe', not a key of train.losses"),
+    (dict(claims=[dict(better="pixiou", worse="lovaz", metric="mIoU", source="s")]),
+     "report.claims[0].worse is 'lovaz'"),
+    (dict(claims=[dict(better="pixiou", worse="lovasz", metric="accuracy", source="s")]),
+     "report.claims[0].metric is 'accuracy'"),
+    (dict(claims=[dict(better="pixiou", worse="lovasz", metric="mIoU")]),
+     "missing key 'report.claims[0].source'"),
+])
+def test_bad_report_params_name_the_key(fixture_study, tmp_path, report, expected):
+    with pytest.raises(ParamsError) as error:
+        build(report_params(tmp_path, **report))
+    assert expected in str(error.value)
+
+
+def results_of(tmp_path, ce, other, other_loss="lovasz"):
+    trials = [trial("ce", s, v, v) for s, v in enumerate(ce)]
+    trials += [trial(other_loss, s, v, v) for s, v in enumerate(other) if v is not None]
+    write_results(tmp_path, trials)
+    return load_results(tmp_path / "synthetic_voc.json", "synthetic_voc", ["ce", other_loss],
+                        range(len(ce)))
+
+
+@pytest.mark.parametrize("ce, lovasz, verdict", [
+    ([10, 11, 12, 10.5], [14, 15.5, 16, 15], REPRODUCED),  # clear win on every seed
+    ([14, 15.5, 16, 15], [10, 11, 12, 10.5], NOT_REPRODUCED),  # clear loss
+    ([10, 12, 11, 13], [12, 10, 11.5, 12.5], INCONCLUSIVE),  # overlapping: CI contains 0
+    ([10, 11, 12], [14, None, None], INCONCLUSIVE),  # one paired seed: no interval
+])
+def test_claim_verdicts_on_constructed_cases(tmp_path, ce, lovasz, verdict):
+    claim = ClaimParams("lovasz", "ce", "mIoU", "Berman et al. 2018")
+    result = check_claim(claim, results_of(tmp_path, ce, lovasz), 0.95)
+    assert result.verdict == verdict
+    paired = [s for s, v in enumerate(lovasz) if v is not None]
+    assert result.difference.seeds == tuple(paired)
+    diffs = [lovasz[s] - ce[s] for s in paired]
+    assert result.difference.mean == pytest.approx(sum(diffs) / len(diffs))
+
+
+def test_a_claim_about_a_loss_that_did_not_run_is_inconclusive_and_says_why(tmp_path):
+    results = results_of(tmp_path, [10, 11, 12], [16, 17, 18], other_loss="pixiou")
+    result = check_claim(ClaimParams("lovasz", "ce", "mIoU", "s"), results, 0.95)
+    assert result.verdict == INCONCLUSIVE and result.difference is None
+    assert result.reason == "'lovasz' is not in this study (sweep.losses)"
+
+
+def test_published_number_shown_only_where_the_setting_matches(tmp_path):
+    config = "deeplabv3plus_r101-d8_4xb4-20k_voc12aug-512x512"
+    for iterations, expected in ((20000, "| 77.22 [1] |"), (2000, "| not known |")):
+        trials = [{**trial(loss, s, 70.0 + s, 50.0, iterations=iterations, config=config),
+                   "dataset": "voc"} for loss in ("ce", "lovasz") for s in range(2)]
+        write_results(tmp_path / "results", trials, dataset="voc", config=config)
+        params = report_params(tmp_path, datasets=["voc"])
+        yaml_params = yaml.safe_load(params.read_text())
+        yaml_params["sweep"].update(losses=["ce", "lovasz"], seeds=[0, 1])
+        params.write_text(yaml.safe_dump(yaml_params, allow_unicode=True))
+        _, built = build(params)
+        ce_row = next(line for line in built.texts["tables.md"].splitlines()
+                      if line.startswith("| CE |"))
+        lovasz_row = next(line for line in built.texts["tables.md"].splitlines()
+                          if line.startswith("| Lovász-Softmax |"))
+        assert ce_row.endswith(expected), ce_row
+        assert lovasz_row.endswith("| not known |")  # no published Lovász number is known
+        has_source = "[1] mIoU 77.22: MMSegmentation 1.2.2 model zoo" in built.texts["tables.md"]
+        assert has_source == (iterations == 20000)
+
+
+def test_published_mmseg_numbers_agree_with_the_installed_model_zoo():
+    import mmseg
+
+    metafile = Path(mmseg.__file__).parent / ".mim/configs/deeplabv3plus/metafile.yaml"
+    zoo = {m["Name"]: m["Results"]["Metrics"]["mIoU"]
+           for m in yaml.safe_load(metafile.read_text())["Models"]}
+    published = load_published(ROOT / "reports/published.yaml")
+    assert published
+    for entry in published:
+        assert entry.source == "MMSegmentation 1.2.2 model zoo"
+        assert zoo[entry.config] == entry.value, entry.config
+        assert (ROOT / "mmseg_configs" / f"{entry.config}.py").is_file()
+
+
+def test_gradient_study_shows_where_iou_gradients_vanish():
+    points = gradient_study()
+    case = lambda name: [p for p in points if p["case"] == name]  # noqa: E731
+    no_overlap = case("no overlap")
+    assert all(p["iou"] == 0 and p["Lovász-Softmax"] == 0 for p in no_overlap)
+    pix = [p["Lovász-PixIoU"] for p in no_overlap]
+    assert pix[0] > 0 and all(np.diff(pix) > 0)
+    equal_area = case("equal-area shift")
+    assert len({p["iou"] for p in equal_area}) == 1
+    assert len({p["Lovász-Softmax"] for p in equal_area}) == 1  # IoU: blind to where FPs are
+    assert all(np.diff([p["Lovász-PixIoU"] for p in equal_area]) > 0)
+    partial = case("partial overlap")
+    assert partial[-1]["iou"] == 0 and partial[-1]["Lovász-Softmax"] == 0
+    assert all(p["Lovász-PixIoU"] > p["Lovász-Softmax"] for p in points)
+
+
+@pytest.mark.slow
+def test_report_stage_in_a_dvc_repo_gives_dvc_metrics_and_plots(tmp_path):
+    """The project's own `report` stage (dvc.yaml), run by `dvc repro` in a fresh repository."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copytree(ROOT / "pipeline", repo / "pipeline",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (repo / "reports").mkdir()
+    shutil.copy(ROOT / "reports/published.yaml", repo / "reports/published.yaml")
+    write_results(repo / "results", FIXTURE_TRIALS)
+    params = yaml.safe_load(report_params(tmp_path).read_text())
+    params["report"].update(results_dir="results", output="reports",
+                            published="reports/published.yaml")
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
+    project = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    dvc_yaml = {"stages": {"report": project["stages"]["report"]},
+                "plots": project["plots"]}
+    (repo / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, allow_unicode=True))
+    dvc = [sys.executable, "-m", "dvc"]
+    # The stage's `python` is this environment's, as under `make repro`.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    run = lambda *args: subprocess.run(args, cwd=repo, check=True, capture_output=True,  # noqa
+                                       text=True, timeout=300, env=env)
+    run("git", "init", "-q")
+    run(*dvc, "init", "-q")
+    run(*dvc, "repro", "report")
+    shown = json.loads(run(*dvc, "metrics", "show", "--json").stdout)
+    (workspace,) = shown.values()  # only the workspace: no revision was asked for
+    metrics = workspace["data"]["reports/metrics.json"]["data"]
+    assert metrics["synthetic_voc"]["lovasz"]["mIoU"] == 15.0
+    assert metrics["trials"]["failed"] == 1
+    plots = json.loads(run(*dvc, "plots", "show", "--json").stdout)["data"]
+    assert "reports/figures/gradient_study.png" in plots
+    assert "reports/plots/validation/synthetic_voc_lovasz.csv" in plots
+    assert "reports/plots/gradient_study/no_overlap.csv" in plots
+    # A rerun with unchanged inputs is a no-op.
+    assert "didn't change" in run(*dvc, "repro", "report").stdout
