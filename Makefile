@@ -19,18 +19,22 @@ TORCH_INDEX_URL ?=
 TORCH_INDEX := $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL) --extra-index-url https://pypi.org/simple,)
 MMCV_JOBS ?= $(shell nproc)
 PYTEST_ARGS ?=
+# make ui: the MLflow UI of the study's store, on this machine only unless you say otherwise
+UI_HOST ?= 127.0.0.1
+UI_PORT ?= 5000
+MLFLOW_STORE ?= sqlite:///mlflow.db
 
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PATH := $(CURDIR)/$(BIN):$(PATH)  # DVC stage commands run the venv's python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install install-dev repro test lint bench ui clean
+.PHONY: help install install-dev browser repro test lint bench ui clean
 
 help:
 	@echo "make repro   install (.venv) and run the study: dvc repro"
 	@echo "make test    install (.venv, with dev extras) and run the test suite"
 	@echo "make bench   benchmarks: losses, training step, sweep parallel efficiency (reports/bench/)"
-	@echo "make ui      the MLflow UI of the study on http://127.0.0.1:5000"
+	@echo "make ui      the MLflow UI of the study on http://127.0.0.1:5000 (UI_PORT=...)"
 	@echo "make lint    ruff"
 
 $(BIN)/python:
@@ -65,12 +69,20 @@ $(VENV)/.stamp-dev: pyproject.toml $(VENV)/.stamp-base
 install: $(VENV)/.stamp-base
 install-dev: $(VENV)/.stamp-dev
 
+# The UI test drives Debian's headless Chromium (no browser download of its own).
+browser:
+	@command -v chromium >/dev/null || { \
+	  echo ">>> installing Debian's chromium for the MLflow UI test"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
 repro: install
 	dvc repro
 	@echo "make repro: tables in reports/tables.md, figures in reports/figures/;"
 	@echo "  dvc metrics show / dvc plots show compare them; make ui browses the runs."
 
-test: install-dev
+test: install-dev browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install-dev
@@ -82,7 +94,8 @@ bench: install
 	$(BIN)/python -m bench.sweep_parallel
 
 ui: install
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+	@echo ">>> MLflow UI of $(MLFLOW_STORE) on http://$(UI_HOST):$(UI_PORT) (Ctrl-C stops it)"
+	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_STORE) --host $(UI_HOST) --port $(UI_PORT)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 import yaml
 
 PARAMS_FILE = Path("params.yaml")
+#: The study's sections; each is read by the stages that declare it in dvc.yaml.
+SECTIONS = ("study", "data", "datasets", "train", "sweep", "tracking", "report")
 T = TypeVar("T")
 
 
@@ -25,10 +27,17 @@ def load_params(path: Path | str = PARAMS_FILE) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: not found (run from the repository root)")
-    with path.open() as f:
-        params = yaml.safe_load(f) or {}
+    try:
+        params = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ParamsError(f"{path}: not valid YAML ({error})") from None
     if not isinstance(params, dict):
         raise ParamsError(f"{path}: the top level must be a mapping")
+    # A misspelt section would otherwise be ignored by every stage, and its values never used.
+    unknown = sorted(set(params) - set(SECTIONS))
+    if unknown:
+        raise ParamsError(f"{path}: unknown section '{unknown[0]}' "
+                          f"(the sections are: {', '.join(SECTIONS)})")
     return params
 
 

@@ -3,6 +3,10 @@ point every output (work dirs, MLflow store, results) into a temporary folder.""
 from __future__ import annotations
 
 import copy
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,3 +48,38 @@ def tiny_data(tmp_path_factory) -> Path:
     (tmp / "params.yaml").write_text(yaml.safe_dump(params))
     run("synthetic_voc", tmp / "params.yaml")
     return tmp / "data"
+
+
+#: The environment of a stage command, as under `make`: this venv's python and dvc first.
+STAGE_ENV = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+GIT = ["git", "-c", "user.name=pixiou-tests", "-c", "user.email=tests@localhost"]
+
+
+def project_copy(repo: Path, edit_params=None) -> Path:
+    """A git repository holding this checkout's files (tracked and untracked, not ignored: no
+    data, results, runs or venv), its params.yaml changed by `edit_params(params)`, committed."""
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                           cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        if (ROOT / name).is_file():
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, repo / name)
+    (repo / "dvc.lock").unlink(missing_ok=True)  # the main study's lock: this one starts fresh
+    if edit_params is not None:
+        params = yaml.safe_load((repo / "params.yaml").read_text())
+        edit_params(params)
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False,
+                                                         allow_unicode=True))
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "project copy"]):
+        subprocess.run(GIT + args, cwd=repo, check=True, capture_output=True)
+    return repo
+
+
+def dvc(repo: Path, *args: str, timeout: int = 900, env: dict | None = None,
+        check: bool = False) -> subprocess.CompletedProcess:
+    done = subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=repo,
+                          env={**STAGE_ENV, **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout)
+    if check:
+        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    return done

@@ -21,6 +21,7 @@ from pipeline.data.layouts import CITYSCAPES, VOC_AUG
 from pipeline.data.validate import DatasetError, validate
 from pipeline.params import ParamsError
 from tests import archive_server as fake
+from tests.conftest import dvc, project_copy
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV_CREDENTIALS = ("CITYSCAPES_USERNAME", "CITYSCAPES_PASSWORD")
@@ -295,31 +296,15 @@ def test_bad_params_fail_before_any_work_naming_the_key(tmp_path, section, key, 
 
 
 def test_dvc_repro_builds_a_dataset_and_then_does_nothing(tmp_path):
-    repo = tmp_path / "repo"
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-                           cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    for name in files:
-        if (ROOT / name).is_file():
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, repo / name)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["datasets"]["synthetic_voc"].update(train=6, val=3, height=48, width=48)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
-    subprocess.run(git + ["init", "-q"], cwd=repo, check=True)
-    subprocess.run(git + ["add", "-A"], cwd=repo, check=True)
-    subprocess.run(git + ["commit", "-qm", "copy"], cwd=repo, check=True)
-    dvc = [str(Path(sys.executable).parent / "dvc"), "repro", "data@synthetic_voc"]
+    repo = project_copy(tmp_path / "repo", lambda params: params["datasets"]["synthetic_voc"]
+                        .update(train=6, val=3, height=48, width=48))
 
-    first = subprocess.run(dvc, cwd=repo, env=env, capture_output=True, text=True)
-    assert first.returncode == 0, first.stdout + first.stderr
+    dvc(repo, "repro", "data@synthetic_voc", check=True)
     manifest = repo / "data" / "synthetic_voc" / "manifest.json"
     assert '"train_aug": 6' in manifest.read_text()
     built = manifest.stat().st_mtime_ns
 
-    second = subprocess.run(dvc, cwd=repo, env=env, capture_output=True, text=True)
-    assert second.returncode == 0, second.stdout + second.stderr
+    second = dvc(repo, "repro", "data@synthetic_voc", check=True)
     assert "didn't change, skipping" in second.stdout
     assert manifest.stat().st_mtime_ns == built
     assert "data@synthetic_voc" in (repo / "dvc.lock").read_text()

@@ -1,0 +1,68 @@
+"""`kill -9` of `dvc repro` in the middle of the sweep, then `dvc repro` again."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import STAGE_ENV, dvc, project_copy
+
+from .conftest import reduced_study, results, summaries
+
+pytestmark = __import__("pytest").mark.slow
+
+
+def test_kill_9_of_dvc_repro_during_the_sweep_then_repro_completes(tmp_path, covered):
+    # One trial at a time and long enough that the kill lands with trials still to run.
+    repo = project_copy(tmp_path / "repo", reduced_study(iterations=40, max_concurrent_trials=1))
+    run = subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "repro"], cwd=repo,
+                           env=STAGE_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    deadline = time.time() + 600
+    while not summaries(repo):
+        assert run.poll() is None, "dvc repro ended before any trial finished"
+        assert time.time() < deadline, "no trial finished in 10 minutes"
+        time.sleep(0.5)
+    os.killpg(run.pid, signal.SIGKILL)  # dvc, the sweep's driver and all they started
+    run.wait()
+    finished_before = summaries(repo)
+    assert 1 <= len(finished_before) < 4
+    assert not (repo / "results/synthetic_voc.json").exists()
+
+    again = dvc(repo, "repro", check=True)
+    assert f"{len(finished_before)} already done, {4 - len(finished_before)} to run" \
+        in again.stdout
+    after = summaries(repo)
+    assert len(after) == 4
+    assert all(after[p] == stamp for p, stamp in finished_before.items())  # not retrained
+
+    trials = results(repo)["trials"]
+    assert [t["status"] for t in trials] == ["finished"] * 4
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("pixiou-study")
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(runs) - len(children) == 1  # one parent
+    assert sorted(c.data.tags["pixiou.trial_key"] for c in children) == \
+        sorted(t["key"] for t in trials)  # one child per trial, none twice
+    assert all(c.info.status == "FINISHED" for c in children)
+
+    # results/ and reports/ tell the same story.
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    assert metrics["trials"] == {"finished": 4, "failed": 0, "stopped": 0, "missing": 0}
+    with (repo / "reports/results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["mlflow_run_id"] for r in rows) == sorted(t["mlflow_run_id"] for t in trials)
+    for row in rows:
+        trial = next(t for t in trials if t["mlflow_run_id"] == row["mlflow_run_id"])
+        assert float(row["mIoU"]) == trial["mIoU"]
+    assert "didn't change" in dvc(repo, "status").stdout or \
+        "up to date" in dvc(repo, "status").stdout
+    covered("faults injected", f"kill -9 of dvc repro after {len(finished_before)} of 4 trials")
