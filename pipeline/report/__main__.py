@@ -20,6 +20,7 @@ import argparse
 import csv
 import io
 import json
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,6 +205,10 @@ def _metrics(studies, claims) -> dict:
 
 def write(report: ReportParams, built: Report) -> list[Path]:
     out = Path(report.output)
+    # The outputs persist across DVC runs (nothing is lost on an error before this point), so
+    # clear the generated folders here: a dataset or loss gone from the study leaves no file.
+    for folder in ("figures", "plots"):
+        shutil.rmtree(out / folder, ignore_errors=True)
     written = []
     for name, text in built.texts.items():
         path = out / name
