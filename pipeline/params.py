@@ -52,6 +52,7 @@ def lookup(params: dict, dotted: str, source: str = "params.yaml") -> Any:
 
 
 def _check_type(value: Any, annotation: Any, where: str) -> Any:
+    """value checked against annotation; where is its dotted path (e.g. sweep.seeds[1])."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(annotation):
@@ -59,29 +60,29 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
                 return _check_type(value, option, where)
             except ParamsError:
                 continue
-        raise ParamsError(f"{where}: {value!r} is not a {annotation}")
+        raise ParamsError(f"params.yaml: {where}: {value!r} is not a {annotation}")
     if annotation is type(None):
         if value is not None:
-            raise ParamsError(f"{where}: expected null, got {value!r}")
+            raise ParamsError(f"params.yaml: {where}: expected null, got {value!r}")
         return value
     if origin in (list, tuple):
         if not isinstance(value, list):
-            raise ParamsError(f"{where}: expected a list, got {value!r}")
+            raise ParamsError(f"params.yaml: {where}: expected a list, got {value!r}")
         (item,) = typing.get_args(annotation)[:1] or (Any,)
         return [_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ParamsError(f"{where}: expected a mapping, got {value!r}")
+            raise ParamsError(f"params.yaml: {where}: expected a mapping, got {value!r}")
         _, item = typing.get_args(annotation)
         return {k: _check_type(v, item, f"{where}.{k}") for k, v in value.items()}
     if annotation is Any:
         return value
     if dataclasses.is_dataclass(annotation):
-        return parse_section(annotation, value, where.removeprefix("params.yaml: "))
+        return parse_section(annotation, value, where)
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):
-        raise ParamsError(f"{where}: expected {annotation.__name__}, got {value!r}")
+        raise ParamsError(f"params.yaml: {where}: expected {annotation.__name__}, got {value!r}")
     return value
 
 
@@ -102,7 +103,7 @@ def parse_section(cls: type[T], data: Any, where: str) -> T:
                     field.default_factory is dataclasses.MISSING:
                 raise ParamsError(f"params.yaml: missing key '{where}.{name}'")
             continue
-        values[name] = _check_type(data[name], hints[name], f"params.yaml: {where}.{name}")
+        values[name] = _check_type(data[name], hints[name], f"{where}.{name}")
     instance = cls(**values)
     check = getattr(instance, "validate", None)
     if check is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -83,3 +84,10 @@ def dvc(repo: Path, *args: str, timeout: int = 900, env: dict | None = None,
     if check:
         assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     return done
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for a server a test starts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -3,10 +3,8 @@ determinism, DVC metrics/plots through a real DVC repo, and the figures."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +21,7 @@ from pipeline.report.published import load_published
 from pipeline.report.results import load_results
 from pipeline.stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
 
-from .conftest import ROOT
+from .conftest import GIT, ROOT, dvc
 
 TERMS = {"ce": {"ce": 1.0}, "lovasz": {"lovasz": 1.0}, "pixiou": {"pixiou": 1.0},
          "ce+pixiou": {"ce": 1.0, "pixiou": 1.0}}
@@ -309,22 +307,17 @@ def test_report_stage_in_a_dvc_repo_gives_dvc_metrics_and_plots(tmp_path):
     dvc_yaml = {"stages": {"report": project["stages"]["report"]},
                 "plots": project["plots"]}
     (repo / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, allow_unicode=True))
-    dvc = [sys.executable, "-m", "dvc"]
-    # The stage's `python` is this environment's, as under `make repro`.
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    run = lambda *args: subprocess.run(args, cwd=repo, check=True, capture_output=True,  # noqa
-                                       text=True, timeout=300, env=env)
-    run("git", "init", "-q")
-    run(*dvc, "init", "-q")
-    run(*dvc, "repro", "report")
-    shown = json.loads(run(*dvc, "metrics", "show", "--json").stdout)
+    subprocess.run(GIT + ["init", "-q"], cwd=repo, check=True)
+    dvc(repo, "init", "-q", check=True)
+    dvc(repo, "repro", "report", check=True)
+    shown = json.loads(dvc(repo, "metrics", "show", "--json", check=True).stdout)
     (workspace,) = shown.values()  # only the workspace: no revision was asked for
     metrics = workspace["data"]["reports/metrics.json"]["data"]
     assert metrics["synthetic_voc"]["lovasz"]["mIoU"] == 15.0
     assert metrics["trials"]["failed"] == 1
-    plots = json.loads(run(*dvc, "plots", "show", "--json").stdout)["data"]
+    plots = json.loads(dvc(repo, "plots", "show", "--json", check=True).stdout)["data"]
     assert "reports/figures/gradient_study.png" in plots
     assert "reports/plots/validation/synthetic_voc_lovasz.csv" in plots
     assert "reports/plots/gradient_study/no_overlap.csv" in plots
     # A rerun with unchanged inputs is a no-op.
-    assert "didn't change" in run(*dvc, "repro", "report").stdout
+    assert "didn't change" in dvc(repo, "repro", "report", check=True).stdout

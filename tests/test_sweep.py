@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT, study_params
+from tests.conftest import ROOT, free_port, study_params
 
 SECRET = "s3cr3t-Pa55word-for-the-test"
 
@@ -165,12 +164,6 @@ def test_a_learning_rate_search_runs_under_asha(tmp_path, tiny_data):
     for trial in trials:
         assert status[trial["mlflow_run_id"]] == ("FINISHED" if trial["status"] == "finished"
                                                   else "KILLED")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_ray_job_submit_runs_a_sweep_on_a_started_cluster(tmp_path, tiny_data):

@@ -49,6 +49,11 @@ class LossRow:
     def planned(self) -> int:
         return sum(self.counts.values())
 
+    @property
+    def problems(self) -> list[str]:
+        """e.g. ['1 failed', '3 missing']: the trials that give this row no number."""
+        return [f"{self.counts[s]} {s}" for s in (FAILED, STOPPED, MISSING) if self.counts[s]]
+
 
 @dataclass(frozen=True)
 class ClaimResult:

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from .compare import LossRow  # noqa: E402
 from .gradients import CASES, LOSSES  # noqa: E402
-from .results import FAILED, FINISHED, MISSING, STOPPED, DatasetResults  # noqa: E402
+from .results import FINISHED, DatasetResults  # noqa: E402
 
 COLOURS = plt.get_cmap("tab10").colors
 
@@ -46,8 +46,7 @@ def miou_per_seed(studies: list[tuple[DatasetResults, list[LossRow]]], path: Pat
 
 def _tick(row: LossRow) -> str:
     label = row.label.replace(" + ", "\n+ ")
-    problems = [f"{row.counts[s]} {s}" for s in (FAILED, STOPPED, MISSING) if row.counts[s]]
-    return label + (f"\n({', '.join(problems)})" if problems else "")
+    return label + (f"\n({', '.join(row.problems)})" if row.problems else "")
 
 
 def validation_curves(studies: list[tuple[DatasetResults, list[LossRow]]], path: Path) -> Path:
@@ -56,9 +55,8 @@ def validation_curves(studies: list[tuple[DatasetResults, list[LossRow]]], path:
     for ax, (results, rows) in zip(axes[0], studies, strict=True):
         for x, row in enumerate(rows):
             colour = COLOURS[x % len(COLOURS)]
-            lossres = results.loss(row.loss)
             drawn = False
-            for trial in lossres.trials:
+            for trial in results.loss(row.loss).trials:
                 if not trial.history:
                     continue
                 style = "-" if trial.status == FINISHED else ":"

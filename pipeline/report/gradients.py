@@ -30,29 +30,30 @@ class Case:
     description: str
     shifts: tuple[int, ...]
     size: tuple[int, int]
+    side: int  # G is a side x side square at (2, 2)
+    move_one_column: bool = False  # P = G with its last column moved; else all of G moved
 
     def masks(self, shift: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(G, P) boolean [H, W] masks at this shift."""
         gt = torch.zeros(self.size, dtype=torch.bool)
+        end = 2 + self.side
+        gt[2:end, 2:end] = True
         pred = torch.zeros_like(gt)
-        if self.name == "equal-area shift":
-            gt[2:8, 2:8] = True
-            pred[2:8, 2:7] = True
-            pred[2:8, 8 + shift] = True
+        if self.move_one_column:
+            pred[2:end, 2:end - 1] = True
+            pred[2:end, end + shift] = True
         else:
-            side = 3 if self.name == "no overlap" else 8
-            gt[2:2 + side, 2:2 + side] = True
-            pred[2:2 + side, 2 + shift:2 + side + shift] = True
+            pred[2:end, 2 + shift:end + shift] = True
         return gt, pred
 
 
 CASES = (
     Case("no overlap", "3x3 blobs, P shifted away from G without touching it (IoU 0).",
-         tuple(range(3, 12)), (16, 16)),
+         tuple(range(3, 12)), (16, 16), side=3),
     Case("partial overlap", "8x8 blobs, P shifted until it no longer overlaps G.",
-         tuple(range(1, 9)), (12, 20)),
+         tuple(range(1, 9)), (12, 20), side=8),
     Case("equal-area shift", "one 6-pixel column of G moved s pixels away (IoU fixed at 30/42).",
-         tuple(range(0, 12)), (10, 22)),
+         tuple(range(0, 12)), (10, 22), side=6, move_one_column=True),
 )
 
 

@@ -37,6 +37,12 @@ class TrialResult:
     wall_time_s: float | None = None
     mlflow_run_id: str | None = None
 
+    @property
+    def error_line(self) -> str:
+        """The error's last line (a traceback's says what failed), or ''."""
+        lines = (self.error or "").strip().splitlines()
+        return lines[-1] if lines else ""
+
 
 @dataclass(frozen=True)
 class LossResults:
@@ -178,7 +184,7 @@ def load_results(path: Path, dataset: str, planned_losses: Sequence[str],
                   if seed not in seeds]
         runs = sorted(present + absent, key=lambda t: (t.seed, t.lr or 0.0))
         losses.append(LossResults(loss, terms.get(loss, (known_terms or {}).get(loss, {})), runs))
-    names = {name.split(".", 1)[1] for t in (t for lr in losses for t in lr.trials)
+    names = {name.split(".", 1)[1] for runs in trials.values() for t in runs
              for name in t.per_class if name.startswith("IoU.")}
     return DatasetResults(dataset, _require(data, "config", str, where), path, losses,
                           class_order(names))

@@ -53,9 +53,8 @@ def difference(diff: Difference | None) -> str:
 
 
 def _trials_cell(row: LossRow) -> str:
-    problems = [f"{row.counts[s]} {s}" for s in (FAILED, STOPPED, MISSING) if row.counts[s]]
     text = f"{row.counts['finished']}/{row.planned}"
-    return f"{text} ({', '.join(problems)})" if problems else text
+    return f"{text} ({', '.join(row.problems)})" if row.problems else text
 
 
 def _best(means: list[float | None]) -> set[int]:
@@ -69,7 +68,8 @@ def _best(means: list[float | None]) -> set[int]:
 
 
 def dataset_table(results: DatasetResults, rows: list[LossRow], baselines: list[str],
-                  published: list[tuple[LossRow, Published | None]], confidence: float) -> Table:
+                  published: dict[str, Published | None], confidence: float) -> Table:
+    """published: loss -> the published number of the same setting, if any."""
     labels = {row.loss: row.label for row in rows}
     ci = f"{confidence:.0%} CI"
     header = ["Loss", "Trials", *METRICS]
@@ -83,7 +83,7 @@ def dataset_table(results: DatasetResults, rows: list[LossRow], baselines: list[
         cells += [Cell(mean_std(row.summaries[m]), i in best[m]) for m in METRICS]
         cells += [Cell(DASH if row.loss == b else difference(row.deltas[b, m]))
                   for m in METRICS for b in baselines]
-        match = dict((r.loss, p) for r, p in published)[row.loss]
+        match = published[row.loss]
         if match is None:
             cells.append(Cell("not known"))
         else:
@@ -100,7 +100,7 @@ def dataset_table(results: DatasetResults, rows: list[LossRow], baselines: list[
     ]
     notes += _trial_notes(results)
     notes += [f"[{i + 1}] {p.metric} {number(p.value)}: {p.note}" for i, p in enumerate(sources)]
-    if any(p is None for _, p in published):
+    if None in published.values():
         notes.append("Published: 'not known' where no published number has this setting "
                      "(dataset, config, iterations, loss) in reports/published.yaml.")
     return Table(f"{results.dataset}: the losses compared", header, body, notes,
@@ -116,10 +116,8 @@ def _trial_notes(results: DatasetResults) -> list[str]:
             continue
         listed = []
         for t in trials:
-            item = f"{t.loss} seed {t.seed}"
-            if t.error and t.error.strip():  # the last line of a traceback says what failed
-                item += f" ({t.error.strip().splitlines()[-1][:100]})"
-            listed.append(item)
+            listed.append(f"{t.loss} seed {t.seed}" + (f" ({t.error_line[:100]})"
+                                                        if t.error_line else ""))
         notes.append(f"{what}: {len(trials)} trial(s): {'; '.join(listed)}.")
     return notes
 

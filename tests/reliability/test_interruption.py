@@ -10,13 +10,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import STAGE_ENV, dvc, project_copy
 
 from .conftest import reduced_study, results, summaries
 
-pytestmark = __import__("pytest").mark.slow
+pytestmark = pytest.mark.slow
 
 
 def test_kill_9_of_dvc_repro_during_the_sweep_then_repro_completes(tmp_path, covered):
@@ -63,6 +64,5 @@ def test_kill_9_of_dvc_repro_during_the_sweep_then_repro_completes(tmp_path, cov
     for row in rows:
         trial = next(t for t in trials if t["mlflow_run_id"] == row["mlflow_run_id"])
         assert float(row["mIoU"]) == trial["mIoU"]
-    assert "didn't change" in dvc(repo, "status").stdout or \
-        "up to date" in dvc(repo, "status").stdout
+    assert "up to date" in dvc(repo, "status").stdout
     covered("faults injected", f"kill -9 of dvc repro after {len(finished_before)} of 4 trials")

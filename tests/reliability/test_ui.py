@@ -16,8 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import ROOT, STAGE_ENV
-from tests.test_sweep import free_port
+from tests.conftest import ROOT, STAGE_ENV, free_port
 
 from .conftest import SECRET, results
 
