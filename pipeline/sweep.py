@@ -26,7 +26,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .determinism import determinism
 from .params import ParamsError, load_params, lookup, parse_section
+from .scaling import BatchPlan, plan_batch
 from .tracking import Tracker, TrackingError, TrackingParams
 from .train import HISTORY, RunSpec, TrainParams, read_summary
 
@@ -81,6 +83,7 @@ class SweepParams:
     cpus_per_worker: int = 1
     max_concurrent_trials: int | None = None
     max_failures: int = 1
+    scale_lr: bool = False
     storage: str = "work_dirs/sweeps"
     data_root: str | None = None
     lr_search: LRSearchParams = field(default_factory=LRSearchParams)
@@ -97,9 +100,12 @@ class SweepParams:
                 raise ParamsError(f"params.yaml: {where}.seeds[{i}] must be >= 0, got {seed}")
         if len(set(self.seeds)) != len(self.seeds):
             raise ParamsError(f"params.yaml: {where}.seeds has duplicates: {self.seeds}")
-        for key in ("gpus_per_trial", "max_failures"):
-            if getattr(self, key) < 0:
-                raise ParamsError(f"params.yaml: {where}.{key} must be >= 0")
+        if self.gpus_per_trial < 0:
+            raise ParamsError(f"params.yaml: {where}.gpus_per_trial must be >= 0")
+        if self.max_failures < -1:
+            raise ParamsError(f"params.yaml: {where}.max_failures must be >= 0, or -1 to retry "
+                              f"a crashed trial forever (Tune's convention), got "
+                              f"{self.max_failures}")
         for key in ("cpu_workers_per_trial", "cpus_per_worker"):
             if getattr(self, key) < 1:
                 raise ParamsError(f"params.yaml: {where}.{key} must be >= 1")
@@ -115,6 +121,7 @@ class SweepParams:
         return self.gpus_per_trial > 0
 
     def resources_per_trial(self) -> dict[str, int]:
+        """What a trial's workers hold, all on one node (STRICT_PACK)."""
         return {"CPU": self.workers * self.cpus_per_worker, "GPU": self.gpus_per_trial}
 
 
@@ -124,6 +131,7 @@ class Trial:
     key: str
     name: str
     spec: RunSpec
+    batch: BatchPlan
 
     @property
     def work_dir(self) -> Path:
@@ -147,6 +155,8 @@ class Study:
     config: str
     data_dir: Path
     data_hash: str
+    config_batch: int  # train_dataloader.batch_size of the config
+    config_lr: float  # optim_wrapper.optimizer.lr of the config
 
 
 def load_study(dataset: str, params_file: Path | str = "params.yaml") -> Study:
@@ -167,7 +177,16 @@ def load_study(dataset: str, params_file: Path | str = "params.yaml") -> Study:
         raise ParamsError(f"{manifest} is missing: build the dataset first "
                           f"(dvc repro data@{dataset})")
     data_hash = json.loads(manifest.read_text())["content_sha256"]
-    return Study(dataset, train, sweep, tracking, config, data_root / dataset, data_hash)
+    return Study(dataset, train, sweep, tracking, config, data_root / dataset, data_hash,
+                 *config_batch_and_lr(config))
+
+
+def config_batch_and_lr(config: str) -> tuple[int, float]:
+    """The batch per GPU and the learning rate an mmseg config trains with."""
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(config, import_custom_modules=False)
+    return int(cfg.train_dataloader.batch_size), float(cfg.optim_wrapper.optimizer.lr)
 
 
 def check_local_resources(sweep: SweepParams) -> None:
@@ -186,16 +205,36 @@ def check_local_resources(sweep: SweepParams) -> None:
                           f"{needed} CPUs per trial, but this machine has {cpus}")
 
 
-def check_cluster_resources(sweep: SweepParams) -> None:
-    import ray
+def _holds(resources: dict, needed: dict[str, int]) -> bool:
+    return all(resources.get(name, 0) >= amount for name, amount in needed.items() if amount)
 
-    available = ray.cluster_resources()
-    for resource, needed in sweep.resources_per_trial().items():
-        have = available.get(resource, 0)
-        if needed > have:
-            key = "gpus_per_trial" if resource == "GPU" else "cpu_workers_per_trial"
-            raise ParamsError(f"params.yaml: sweep.{key}: a trial needs {needed} {resource} "
-                              f"but the Ray cluster has {have:g}")
+
+def check_cluster_resources(sweep: SweepParams, log=None) -> None:
+    """Fail only when no node of the cluster could ever hold one trial (its workers share a
+    node: STRICT_PACK). On an autoscaling cluster the node types count, not the nodes up now: a
+    trial that fits a node type waits for the autoscaler, with a warning."""
+    import ray
+    from ray._private.state import state
+
+    needed = sweep.resources_per_trial()
+    what = ", ".join(f"{n:g} {name}" for name, n in needed.items() if n)
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    if any(_holds(resources, needed) for resources in nodes):
+        return
+    config = state.get_cluster_config()  # set by an autoscaler: its node types
+    node_types = [dict(group.resources) for group in getattr(config, "node_group_configs", [])
+                  if group.max_count != 0]
+    if any(_holds(resources, needed) for resources in node_types):
+        (log or print)(f"warning: no node up now holds a trial ({what} on one node); the "
+                       f"trials wait for the autoscaler to add one")
+        return
+    largest = max(nodes + node_types, key=lambda r: (r.get("GPU", 0), r.get("CPU", 0)),
+                  default={})
+    key = "gpus_per_trial" if sweep.use_gpu else "cpu_workers_per_trial"
+    raise ParamsError(f"params.yaml: sweep.{key}: a trial needs {what} on one node (its DDP "
+                      f"workers are packed on one node), but no node "
+                      f"{'type ' if node_types else ''}of the Ray cluster has that much (the "
+                      f"largest has {largest.get('CPU', 0):g} CPU, {largest.get('GPU', 0):g} GPU)")
 
 
 def _fingerprint(paths: list[Path]) -> str:
@@ -224,10 +263,14 @@ def plan_trials(study: Study) -> list[Trial]:
     trials = []
     for loss in study.sweep.losses:
         for seed in study.sweep.seeds:
-            for lr in study.sweep.lr_search.rates():
+            for sampled in study.sweep.lr_search.rates():
+                lr = sampled if sampled is not None else study.train.lr
+                batch = plan_batch(study.config, study.config_batch, study.config_lr,
+                                   study.sweep.workers, study.train.batch_size, lr,
+                                   study.sweep.scale_lr)
                 spec = RunSpec(
                     config=study.config, loss=loss, terms=study.train.losses[loss], seed=seed,
-                    work_dir="", data_root=data_root, lr=lr if lr is not None else study.train.lr,
+                    work_dir="", data_root=data_root, lr=batch.lr if batch.scaled else lr,
                     iterations=study.train.iterations, val_interval=study.train.val_interval,
                     batch_size=study.train.batch_size, deterministic=study.train.deterministic,
                     overlays=study.train.overlays,
@@ -236,10 +279,10 @@ def plan_trials(study: Study) -> list[Trial]:
                             "workers": study.sweep.workers, "gpu": study.sweep.use_gpu,
                             "data": study.data_hash, "code": code}
                 key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-                name = f"{loss}_seed{seed}" + (f"_lr{lr:g}" if lr is not None else "") + \
-                    f"_{key[:8]}"
+                searched = f"_lr{sampled:g}" if sampled is not None else ""
+                name = f"{loss}_seed{seed}{searched}_{key[:8]}"
                 spec = RunSpec(**{**spec.to_dict(), "work_dir": str(storage / name)})
-                trials.append(Trial(study.dataset, key, name, spec))
+                trials.append(Trial(study.dataset, key, name, spec, batch))
     return trials
 
 
@@ -261,7 +304,25 @@ def _train_worker(config: dict) -> None:
     # (the one Ray shipped as working_dir), which is where this package was imported from.
     checkout = Path(__file__).resolve().parents[1]
     spec = RunSpec(**{**spec.to_dict(), "config": str(checkout / spec.config)})
-    run(spec, report=ray.train.report)
+    nodes = _worker_nodes()
+
+    def report(metrics: dict) -> None:
+        ray.train.report({**metrics, "nodes": nodes})
+
+    run(spec, report=report)
+
+
+def _worker_nodes() -> list[str]:
+    """The Ray node ids that this trial's workers run on (every rank asks every rank)."""
+    import ray
+    import torch.distributed as dist
+
+    node = ray.get_runtime_context().get_node_id()
+    if not (dist.is_available() and dist.is_initialized()):
+        return [node]
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, node)
+    return sorted(set(everyone))
 
 
 #: Fault injection for the reliability tests: a folder; the first attempt of every trial fails
@@ -279,6 +340,15 @@ def _injected_fault(key: str) -> None:
             raise RuntimeError(f"injected fault ({FAULT_ENV}): first attempt of trial {key[:8]}")
 
 
+def scaling_config(workers: int, use_gpu: bool, cpus_per_worker: int):
+    """A trial's workers, all on one node: DDP across nodes would run at network speed."""
+    import ray.train
+
+    return ray.train.ScalingConfig(
+        num_workers=workers, use_gpu=use_gpu, placement_strategy="STRICT_PACK",
+        resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})})
+
+
 def _trial_driver(config: dict) -> None:
     """Ray Tune trial: a TorchTrainer with the sweep's workers around `_train_worker`."""
     import ray.train
@@ -289,10 +359,8 @@ def _trial_driver(config: dict) -> None:
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={"spec": trial["spec"], "key": trial["key"]},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=trial["workers"], use_gpu=trial["use_gpu"],
-            resources_per_worker={"CPU": trial["cpus_per_worker"],
-                                  **({"GPU": 1} if trial["use_gpu"] else {})}),
+        scaling_config=scaling_config(trial["workers"], trial["use_gpu"],
+                                      trial["cpus_per_worker"]),
         run_config=ray.train.RunConfig(
             name=f"{trial['name']}-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=trial["ray_storage"], callbacks=[TuneReportCallback()],
@@ -309,6 +377,7 @@ def _tracking_callback(tracker: Tracker, parent_id: str, trials: dict[str, Trial
 
         def __init__(self):
             self.errors: dict[str, str] = {}  # trial key -> the error it failed with
+            self.nodes: dict[str, list[str]] = {}  # trial key -> the Ray nodes of its workers
 
         def _trial(self, tune_trial) -> Trial:
             return trials[tune_trial.config["trial"]["key"]]
@@ -323,6 +392,9 @@ def _tracking_callback(tracker: Tracker, parent_id: str, trials: dict[str, Trial
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             ours = self._trial(trial)
+            if result.get("nodes") and ours.key not in self.nodes:
+                self.nodes[ours.key] = list(result["nodes"])
+                tracker.set_tags(self._run_id(ours), {"nodes": ",".join(result["nodes"])})
             if "mIoU" in result:
                 tracker.log_evaluations(self._run_id(ours), [result])
                 log(f"eval   {ours.name} iter {result['iteration']}: mIoU {result['mIoU']:.2f} "
@@ -367,37 +439,55 @@ def _log(message: str) -> None:
     print(f"[sweep] {message}", flush=True)
 
 
-def _init_ray(sweep: SweepParams) -> None:
+def worker_env(sweep: SweepParams, deterministic: bool) -> dict[str, str]:
+    """Environment variables the sweep gives its Ray workers."""
+    # Ray Train polls its workers every 2 s by default, which adds seconds to every short trial.
+    env_vars = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S":
+                os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")}
+    # cuBLAS reads its workspace setting when a process makes its first handle: set it before.
+    env_vars.update(determinism(deterministic, on_gpu=sweep.use_gpu).env)
+    if os.environ.get(FAULT_ENV):
+        env_vars[FAULT_ENV] = os.environ[FAULT_ENV]
+    return env_vars
+
+
+def _in_job() -> bool:
+    return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+
+
+def on_cluster() -> bool:
+    """RAY_ADDRESS names a cluster, or this is a `ray job submit` job: the sweep joins it."""
+    return bool(os.environ.get("RAY_ADDRESS")) or _in_job()
+
+
+def _init_ray(sweep: SweepParams, deterministic: bool) -> None:
     import ray
 
     if ray.is_initialized():
         return
-    # Ray Train polls its workers every 2 s by default, which adds seconds to every short trial.
-    env_vars = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S":
-                os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")}
-    if os.environ.get(FAULT_ENV):
-        env_vars[FAULT_ENV] = os.environ[FAULT_ENV]
+    env_vars = worker_env(sweep, deterministic)
     os.environ.update(env_vars)
     # Inside `ray job submit` the job's runtime env (its working dir) applies already; otherwise
     # ship this checkout the same way (git-ignored data, .venv and outputs stay here).
-    in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
-    runtime_env = None if in_job else {"working_dir": ".", "env_vars": env_vars}
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
-    else:  # a local Ray on this machine; its dashboard, if enabled, on 127.0.0.1 only
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, dashboard_host="127.0.0.1",
-                 runtime_env=runtime_env, log_to_driver=False)
+    runtime_env = None if _in_job() else {"working_dir": ".", "env_vars": env_vars}
+    if on_cluster():
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "auto", runtime_env=runtime_env,
+                 log_to_driver=False)
+    else:
+        # A Ray of its own on this machine, even when another one runs here (`ray start`, a
+        # second study): plain ray.init() would join that one. Dashboard off, 127.0.0.1 only.
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+                 dashboard_host="127.0.0.1", runtime_env=runtime_env, log_to_driver=False)
 
 
 def run_sweep(dataset: str, params_file: Path | str = "params.yaml",
               results_dir: Path = RESULTS_DIR) -> dict:
     study = load_study(dataset, params_file)
-    if not os.environ.get("RAY_ADDRESS"):
+    if not on_cluster():
         check_local_resources(study.sweep)
+    trials = plan_trials(study)
     tracker = Tracker(study.tracking)
     tracker.check()
-    trials = plan_trials(study)
     by_key = {t.key: t for t in trials}
     states = {t.key: t.state() for t in trials}
     pending = [t for t in trials if states[t.key] == "pending"]
@@ -416,9 +506,12 @@ def run_sweep(dataset: str, params_file: Path | str = "params.yaml",
 
     def child_params(trial: Trial) -> dict:
         spec = trial.spec
-        return {"dataset": dataset, "loss": spec.loss, "seed": spec.seed, "lr": spec.lr,
+        batch = trial.batch
+        return {"dataset": dataset, "loss": spec.loss, "seed": spec.seed, "lr": batch.lr,
+                "base_lr": batch.base_lr, "lr_scaled": batch.scaled,
                 "config": Path(spec.config).stem, "iterations": spec.iterations,
-                "batch_size": spec.batch_size, "workers": study.sweep.workers,
+                "batch_size": batch.batch_per_worker, "workers": study.sweep.workers,
+                "effective_batch_size": batch.effective_batch,
                 "loss_terms": ",".join(f"{k}={v:g}" for k, v in spec.terms.items())}
 
     def child_tags(trial: Trial) -> dict:
@@ -433,10 +526,11 @@ def run_sweep(dataset: str, params_file: Path | str = "params.yaml",
             tracker.finish_trial(run_id, read_summary(trial.work_dir), trial.work_dir)
 
     errors: dict[str, str] = {}
+    nodes: dict[str, list[str]] = {}
     if pending:
-        errors = _run_tuner(study, pending, by_key, tracker, parent_id, child_params,
-                            child_tags)
-    results = _collect(study, trials, errors, tracker, parent_id)
+        errors, nodes = _run_tuner(study, pending, by_key, tracker, parent_id, child_params,
+                                   child_tags)
+    results = _collect(study, trials, errors, nodes, tracker, parent_id)
     counts = {status: sum(r["status"] == status for r in results["trials"])
               for status in ("finished", "stopped", "failed")}
     tracker.end_parent(parent_id, counts)
@@ -450,22 +544,38 @@ def run_sweep(dataset: str, params_file: Path | str = "params.yaml",
     return results
 
 
+def _concurrency(sweep: SweepParams, pending: int) -> int | None:
+    """How many trials Tune runs at once; None: no limit.
+
+    A Ray of the sweep's own (this machine) never grows: as many trials as it holds. On a
+    cluster, `sweep.max_concurrent_trials` or no limit: a trial that finds no free node waits,
+    its Ray Train workers retrying their placement, which is also the demand an autoscaler
+    answers; nodes that join later take the waiting trials.
+    """
+    import ray
+
+    if on_cluster():
+        return min(sweep.max_concurrent_trials, pending) if sweep.max_concurrent_trials \
+            else None
+    fits = int(min(ray.cluster_resources().get(r, 0) // n
+                   for r, n in sweep.resources_per_trial().items() if n))
+    return max(1, min(sweep.max_concurrent_trials or fits, fits, pending))
+
+
 def _run_tuner(study, pending, by_key, tracker, parent_id, child_params, child_tags):
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    _init_ray(study.sweep)
+    _init_ray(study.sweep, study.train.deterministic)
     try:
-        check_cluster_resources(study.sweep)
+        check_cluster_resources(study.sweep, _log)
         storage = Path(study.sweep.storage).resolve()
         grid = [{"key": t.key, "name": t.name, "spec": t.spec.to_dict(),
                  "workers": study.sweep.workers, "use_gpu": study.sweep.use_gpu,
                  "cpus_per_worker": study.sweep.cpus_per_worker,
                  "ray_storage": str(storage / "_ray_train")} for t in pending]
-        fits = int(min(ray.cluster_resources().get(r, 0) // n
-                       for r, n in study.sweep.resources_per_trial().items() if n))
-        concurrent = min(study.sweep.max_concurrent_trials or fits, fits, len(pending))
+        concurrent = _concurrency(study.sweep, len(pending))
         scheduler = None
         if study.sweep.lr_search.samples:
             search = study.sweep.lr_search
@@ -486,16 +596,17 @@ def _run_tuner(study, pending, by_key, tracker, parent_id, child_params, child_t
                 storage_path=str(storage / "_ray_tune"),
                 failure_config=tune.FailureConfig(max_failures=study.sweep.max_failures),
                 callbacks=[callback], verbose=1))
-        _log(f"running {len(pending)} trials, {concurrent} at a time")
+        _log(f"running {len(pending)} trials, " + (f"{concurrent} at a time" if concurrent
+             else "each as soon as the cluster has a node for it"))
         tuner.fit()
-        return callback.errors
+        return callback.errors, callback.nodes
     finally:
-        if not os.environ.get("RAY_ADDRESS"):
+        if not on_cluster():
             ray.shutdown()
 
 
-def _collect(study: Study, trials: list[Trial], errors: dict[str, str], tracker: Tracker,
-             parent_id: str) -> dict:
+def _collect(study: Study, trials: list[Trial], errors: dict[str, str],
+             nodes: dict[str, list[str]], tracker: Tracker, parent_id: str) -> dict:
     records = []
     for trial in trials:
         spec = trial.spec
@@ -503,6 +614,8 @@ def _collect(study: Study, trials: list[Trial], errors: dict[str, str], tracker:
                   "loss": spec.loss, "loss_terms": spec.terms, "seed": spec.seed, "lr": spec.lr,
                   "config": Path(spec.config).stem, "iterations": spec.iterations,
                   "batch_size": spec.batch_size, "workers": study.sweep.workers,
+                  "effective_batch_size": trial.batch.effective_batch,
+                  "effective_lr": trial.batch.lr, "nodes": nodes.get(trial.key),
                   "work_dir": str(trial.work_dir), "mlflow_run_id": None}
         record["mlflow_run_id"] = tracker.child_run_id(parent_id, trial.key)
         summary = read_summary(trial.work_dir)

@@ -150,7 +150,7 @@ class Tracker:
         if new:
             self.client.log_batch(run_id, params=new)
 
-    def _set_tags(self, run_id: str, tags: dict) -> None:
+    def set_tags(self, run_id: str, tags: dict) -> None:
         from mlflow.entities import RunTag
 
         self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in self._clean(tags).items()])
@@ -166,7 +166,7 @@ class Tracker:
         else:
             self.client.update_run(run_id, status="RUNNING")
         self._log_params(run_id, params)
-        self._set_tags(run_id, {GIT_COMMIT: git_commit(), **package_versions(), **tags})
+        self.set_tags(run_id, {GIT_COMMIT: git_commit(), **package_versions(), **tags})
         return run_id
 
     def child_run_id(self, parent_id: str, trial_key: str) -> str | None:
@@ -187,7 +187,7 @@ class Tracker:
                 tags=self._clean({PARENT: parent_id, TRIAL_KEY: trial_key}))
             run_id = self._children[parent_id, trial_key] = run.info.run_id
             self._log_params(run_id, params)
-            self._set_tags(run_id, {GIT_COMMIT: git_commit(), **tags})
+            self.set_tags(run_id, {GIT_COMMIT: git_commit(), **tags})
         return run_id
 
     def log_evaluations(self, run_id: str, records: list[dict]) -> None:
@@ -223,13 +223,13 @@ class Tracker:
                 self.client.log_artifact(run_id, str(work_dir / name))
         if (work_dir / "overlays").is_dir():
             self.client.log_artifacts(run_id, str(work_dir / "overlays"), "overlays")
-        self._set_tags(run_id, {FINAL_LOGGED: "1", "world_size": summary["world_size"]})
+        self.set_tags(run_id, {FINAL_LOGGED: "1", "world_size": summary["world_size"]})
         self.client.set_terminated(run_id, "FINISHED")
 
     def end_trial(self, run_id: str, status: str, note: str | None = None) -> None:
         """A trial that did not finish: FAILED (with its error) or KILLED (stopped early)."""
         if note:
-            self._set_tags(run_id, {"pixiou.note": note[:2000]})
+            self.set_tags(run_id, {"pixiou.note": note[:2000]})
         self.client.set_terminated(run_id, status)
 
     def end_parent(self, run_id: str, counts: dict[str, int]) -> None:

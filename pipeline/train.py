@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from .determinism import determinism
 from .params import ParamsError, load_params, lookup, parse_section
 
 #: The loss terms a study loss is made of, as mmseg loss configs (weights come from params.yaml).
@@ -150,13 +151,22 @@ def _reroot(path: str, data_root: str) -> str:
     return str(Path(data_root, *parts[1:])) if parts and parts[0] == "data" else path
 
 
-def build_config(spec: RunSpec, world_size: int = 1, on_gpu: bool = False):
-    """The mmengine Config of one run: the leaf config plus the spec's overrides."""
+def build_config(spec: RunSpec, world_size: int = 1, on_gpu: bool = False,
+                 device_index: int | None = None):
+    """The mmengine Config of one run: the leaf config plus the spec's overrides.
+
+    `device_index` is the CUDA device this process trains on (the one Ray Train set); DDP on GPU
+    wraps the model on that device rather than on cuda:LOCAL_RANK, which Ray need not match.
+    """
     from mmengine.config import Config
 
     cfg = Config.fromfile(spec.config)
     apply_loss(cfg.model, spec.terms)
-    cfg.randomness = dict(seed=spec.seed, deterministic=spec.deterministic)
+    # Only the seed goes to mmengine: its `deterministic` would make torch raise at the first
+    # CUDA backward of DeepLabV3+. pipeline/determinism.py applies the study's settings instead.
+    cfg.randomness = dict(seed=spec.seed, deterministic=False)
+    if spec.deterministic and "env_cfg" in cfg:
+        cfg.env_cfg.cudnn_benchmark = False  # mmseg's runtime turns benchmarking on
     if spec.iterations is not None or spec.val_interval is not None:
         set_iterations(cfg, spec.iterations or cfg.train_cfg.max_iters, spec.val_interval)
     if spec.lr is not None:
@@ -181,9 +191,12 @@ def build_config(spec: RunSpec, world_size: int = 1, on_gpu: bool = False):
     if world_size > 1:
         # Ray Train has already made the process group; mmengine sees it and wraps the model.
         cfg.launcher = "pytorch"
-        if not on_gpu:  # STACK.md trap 5: DDP on CPU takes no device ids
-            cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None,
-                                         broadcast_buffers=False, find_unused_parameters=False)
+        # On CPU DDP takes no device ids (STACK.md trap 5); on GPU the device Ray Train chose.
+        device_ids = [device_index if device_index is not None else 0] if on_gpu else None
+        cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=device_ids,
+                                     broadcast_buffers=False,
+                                     find_unused_parameters=cfg.get("find_unused_parameters",
+                                                                    False))
     return cfg
 
 
@@ -324,21 +337,27 @@ def _runner_class():
 # --- the hook that reports evaluations --------------------------------------------------------
 
 def _study_hook_class():
-    from mmengine.dist import get_world_size, is_main_process
+    from mmengine.dist import broadcast, get_world_size, is_distributed, is_main_process
     from mmengine.hooks import Hook
 
     class StudyHook(Hook):
         """Keeps the validation history (resumable, in the work dir) and reports every
         evaluation: iteration, mIoU, mPixIoU, the mean training loss since the last one and
-        the world size the model trains in."""
+        the world size the model trains in. Its artifacts (confusion matrix, overlays) cover
+        the whole validation set, whatever the number of ranks it is split over.
 
-        priority = "LOW"
+        `training=False` (an evaluation of a checkpoint) keeps artifacts and reports nothing.
+        """
+
+        # Before mmengine's NORMAL hooks: the buffers are rank 0's before anything reads them.
+        priority = "ABOVE_NORMAL"
 
         def __init__(self, work_dir: str, report: Callable[[dict], None] | None,
-                     overlays: int):
+                     overlays: int, training: bool = True):
             self.history_file = Path(work_dir) / HISTORY
             self.report = report
             self.overlays = overlays
+            self.training = training
             self.artifacts = None  # of the latest validation pass
             self.history: list[dict] = []
             self._loss_sum = 0.0
@@ -360,16 +379,25 @@ def _study_hook_class():
         def before_val_epoch(self, runner) -> None:
             from .artifacts import EvaluationArtifacts
 
-            meta = runner.val_dataloader.dataset.metainfo
-            self.artifacts = EvaluationArtifacts(meta["classes"], meta["palette"],
-                                                 self.overlays)
+            if is_distributed():
+                # Without SyncBN (CPU), each rank's BN statistics drift apart in training. Every
+                # rank evaluates rank 0's model: the one its checkpoint holds.
+                for buffer in runner.model.buffers():
+                    broadcast(buffer, src=0)
+            dataset = runner.val_dataloader.dataset
+            meta = dataset.metainfo
+            # The same images whatever the world size: the first ones of the validation set.
+            fixed = [dataset.get_data_info(i)["img_path"]
+                     for i in range(min(self.overlays, len(dataset)))]
+            self.artifacts = EvaluationArtifacts(meta["classes"], meta["palette"], fixed)
 
         def after_val_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
-            if is_main_process() and outputs is not None:
+            if outputs is not None:
                 self.artifacts.add(outputs)
 
         def after_val_epoch(self, runner, metrics=None) -> None:
-            if not metrics or runner.train_loop is None:
+            self.artifacts.gather()  # every rank takes part; rank 0 holds the whole set
+            if not metrics or not self.training:
                 return
             record = {
                 "iteration": runner.iter,
@@ -406,15 +434,10 @@ def run(spec: RunSpec, report: Callable[[dict], None] | None = None) -> dict:
     `report` is called on every rank after every evaluation (the Ray trial passes
     `ray.train.report`).
     """
-    import torch
     from mmengine.dist import get_world_size, is_distributed, is_main_process
 
-    if spec.threads:
-        torch.set_num_threads(spec.threads)
     world_size = get_world_size() if is_distributed() else 1
-    on_gpu = torch.cuda.is_available()
-    cfg = build_config(spec, world_size, on_gpu)
-    ensure_pretrained(cfg.model)
+    cfg = _prepare(spec, world_size)
     Path(spec.work_dir).mkdir(parents=True, exist_ok=True)
     started = time.time()
     with isolated_mmengine_state():
@@ -446,6 +469,38 @@ def run(spec: RunSpec, report: Callable[[dict], None] | None = None) -> dict:
             tmp.write_text(json.dumps(summary, indent=2) + "\n")
             tmp.replace(work_dir / SUMMARY)  # written last: its presence means "finished"
     return summary
+
+
+def _prepare(spec: RunSpec, world_size: int):
+    """This process set up for the spec (threads, determinism) and the run's config."""
+    import torch
+
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    on_gpu = torch.cuda.is_available()
+    determinism(spec.deterministic, on_gpu).apply()  # before the first CUDA matrix product
+    cfg = build_config(spec, world_size, on_gpu,
+                       torch.cuda.current_device() if on_gpu else None)
+    ensure_pretrained(cfg.model)
+    return cfg
+
+
+def evaluate(spec: RunSpec, checkpoint: str) -> dict:
+    """One process evaluates `checkpoint` on the spec's whole validation set.
+
+    Returns the metrics and the confusion matrix ([classes, classes] list, rows: ground truth);
+    logs go to spec.work_dir.
+    """
+    cfg = _prepare(spec, world_size=1)
+    cfg.load_from, cfg.resume = checkpoint, False
+    Path(spec.work_dir).mkdir(parents=True, exist_ok=True)
+    with isolated_mmengine_state():  # StudyRunner loads the checkpoint as a trusted one
+        runner = _runner_class().from_cfg(cfg)
+        hook = _study_hook_class()(spec.work_dir, None, spec.overlays, training=False)
+        runner.register_hook(hook)
+        metrics = runner.val()
+    return {"metrics": dict(metrics), "confusion": hook.artifacts.matrix().tolist(),
+            "overlays": [name for name, _ in hook.artifacts.overlays()]}
 
 
 def _latest_iteration(work_dir: str) -> int:

@@ -37,18 +37,22 @@ def study_params(tmp_path: Path, data_root: Path, **sections) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory) -> Path:
-    """data/synthetic_voc with 16 train and 8 val images of 64x64, built by the data stage."""
+def build_tiny_data(tmp: Path, **overrides) -> Path:
+    """data/synthetic_voc of TINY_DATA (with `overrides`) under tmp, built by the data stage."""
     from pipeline.data.__main__ import run
 
-    tmp = tmp_path_factory.mktemp("tiny_data")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data"]["root"] = str(tmp / "data")
-    params["datasets"]["synthetic_voc"].update(TINY_DATA)
+    params["datasets"]["synthetic_voc"].update({**TINY_DATA, **overrides})
     (tmp / "params.yaml").write_text(yaml.safe_dump(params))
     run("synthetic_voc", tmp / "params.yaml")
     return tmp / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """data/synthetic_voc with 16 train and 8 val images of 64x64, built by the data stage."""
+    return build_tiny_data(tmp_path_factory.mktemp("tiny_data"))
 
 
 #: The environment of a stage command, as under `make`: this venv's python and dvc first.
@@ -84,6 +88,15 @@ def dvc(repo: Path, *args: str, timeout: int = 900, env: dict | None = None,
     if check:
         assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     return done
+
+
+def sweep(params: Path, tmp_path: Path, env: dict | None = None, timeout: int = 600):
+    """The sweep stage of synthetic_voc on `params`, its results under tmp_path/results."""
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.sweep", "synthetic_voc", "--params", str(params),
+         "--results-dir", str(tmp_path / "results")],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})})
 
 
 def free_port() -> int:

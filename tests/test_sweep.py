@@ -12,17 +12,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT, free_port, study_params
+from tests.conftest import ROOT, build_tiny_data, free_port, study_params, sweep
 
 SECRET = "s3cr3t-Pa55word-for-the-test"
-
-
-def sweep(params: Path, tmp_path: Path, env: dict | None = None, timeout: int = 600):
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.sweep", "synthetic_voc", "--params", str(params),
-         "--results-dir", str(tmp_path / "results")],
-        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, **(env or {})})
 
 
 def runs(tmp_path: Path):
@@ -83,9 +75,23 @@ def test_a_sweep_of_two_losses_fills_results_and_mlflow(tmp_path, tiny_data):
     assert len(parents) == 1 and len(children) == 2
 
 
-def test_a_trial_with_two_workers_trains_under_ddp(tmp_path, tiny_data):
-    params = study_params(tmp_path, tiny_data, sweep=dict(losses=["ce+lovasz"],
-                                                          cpu_workers_per_trial=2))
+@pytest.fixture(scope="module")
+def odd_val_data(tmp_path_factory) -> Path:
+    """7 validation images: split over 2 ranks, mmengine's sampler pads one rank with a repeat."""
+    return build_tiny_data(tmp_path_factory.mktemp("odd_val"), val=7)
+
+
+def test_a_two_worker_trial_evaluates_the_whole_validation_set(tmp_path, odd_val_data):
+    """The confusion matrix and overlays of a 2-rank gloo trial are those of one process
+    evaluating its final checkpoint over the whole validation set."""
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.data.layouts import IGNORE_INDEX, VOC_AUG
+    from pipeline.train import RunSpec, evaluate
+
+    params = study_params(tmp_path, odd_val_data, train=dict(batch_size=2, overlays=3),
+                          sweep=dict(losses=["ce+lovasz"], cpu_workers_per_trial=2))
     done = sweep(params, tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (trial,) = json.loads((tmp_path / "results" / "synthetic_voc.json").read_text())["trials"]
@@ -93,6 +99,29 @@ def test_a_trial_with_two_workers_trains_under_ddp(tmp_path, tiny_data):
     assert trial["world_size"] == 2  # what the model's process group reported
     assert all(h["world_size"] == 2 for h in trial["history"])
     assert "world size 2" in done.stdout
+    assert trial["effective_batch_size"] == 4  # 2 workers x 2 = the config's 1xb4
+
+    work = Path(trial["work_dir"])
+    two_ranks = json.loads((work / "confusion_matrix.json").read_text())
+    one = evaluate(RunSpec(config="mmseg_configs/fcn_r18-tiny-d8_1xb4-160_synthetic-voc-128x128"
+                                  ".py", loss=trial["loss"], terms=trial["loss_terms"], seed=0,
+                           work_dir=str(tmp_path / "evaluation"), data_root=str(odd_val_data),
+                           overlays=3, threads=1), str(work / "iter_4.pth"))
+    assert two_ranks["images"] == 7
+    assert two_ranks["matrix"] == one["confusion"]
+    assert one["metrics"]["mIoU"] == pytest.approx(trial["mIoU"])
+    labelled = sum(int((np.asarray(Image.open(label)) != IGNORE_INDEX).sum())
+                   for _, label in VOC_AUG.pairs(odd_val_data / "synthetic_voc", "val"))
+    assert np.sum(two_ranks["matrix"]) == labelled  # every labelled pixel, each once
+    first_three = [image.stem for image, _ in VOC_AUG.pairs(odd_val_data / "synthetic_voc",
+                                                           "val")[:3]]
+    assert sorted(p.name for p in (work / "overlays").iterdir()) == one["overlays"] == \
+        [f"{i:02d}_{stem}.png" for i, stem in enumerate(first_three)]
+
+    _, _, (child,) = runs(tmp_path)
+    assert child.data.params["effective_batch_size"] == "4"
+    assert child.data.params["workers"] == "2" and child.data.params["batch_size"] == "2"
+    assert float(child.data.params["lr"]) == pytest.approx(0.01)
 
 
 def test_killing_the_driver_loses_no_finished_trial(tmp_path, tiny_data):
@@ -127,7 +156,7 @@ def test_killing_the_driver_loses_no_finished_trial(tmp_path, tiny_data):
     assert all(c.info.status == "FINISHED" for c in children)
 
 
-@pytest.mark.parametrize("retries", [1, 0])
+@pytest.mark.parametrize("retries", [1, 0, -1])
 def test_a_crashing_trial_is_retried_or_recorded_as_failed(tmp_path, tiny_data, retries):
     params = study_params(tmp_path, tiny_data, sweep=dict(losses=["ce"], max_failures=retries))
     faults = tmp_path / "faults"
@@ -136,7 +165,7 @@ def test_a_crashing_trial_is_retried_or_recorded_as_failed(tmp_path, tiny_data, 
     assert [p.name for p in faults.iterdir()] == [trial["key"]]  # the first attempt crashed
     _, parents, children = runs(tmp_path)
     assert len(children) == 1
-    if retries:
+    if retries:  # -1: Tune retries forever, as spot instances need
         assert done.returncode == 0
         assert trial["status"] == "finished" and children[0].info.status == "FINISHED"
     else:
@@ -204,6 +233,8 @@ def test_ray_job_submit_runs_a_sweep_on_a_started_cluster(tmp_path, tiny_data):
     (dict(sweep=dict(gpus_per_trial=64)), "sweep.gpus_per_trial"),
     (dict(sweep=dict(cpu_workers_per_trial=512)), "sweep.cpu_workers_per_trial"),
     (dict(sweep=dict(max_failure=3)), "unknown key 'sweep.max_failure'"),
+    (dict(sweep=dict(max_failures=-2)), "sweep.max_failures must be >= 0, or -1"),
+    (dict(sweep=dict(cpu_workers_per_trial=2)), "effective batch of 2 worker(s) x 4 = 8"),
     (dict(train=dict(losses={"ce": {"focal": 1.0}})), "train.losses.ce.focal: unknown loss term"),
     (dict(train=dict(iterations=-5)), "train.iterations must be > 0"),
 ])

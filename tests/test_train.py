@@ -102,7 +102,9 @@ def test_overrides_reach_the_config(tiny_data):
     cfg = build_config(RunSpec(config=TINY_VOC, loss="ce", terms={"ce": 1.0}, seed=7,
                                work_dir="w", data_root="/shared/data", lr=0.5, iterations=50,
                                val_interval=10, batch_size=2), world_size=2, on_gpu=False)
-    assert cfg.randomness == dict(seed=7, deterministic=True)
+    # mmengine gets only the seed: its `deterministic` raises on CUDA (pipeline/determinism.py)
+    assert cfg.randomness == dict(seed=7, deterministic=False)
+    assert cfg.env_cfg.cudnn_benchmark is False
     assert cfg.train_cfg.max_iters == 50 and cfg.train_cfg.val_interval == 10
     assert cfg.default_hooks.checkpoint.interval == 10
     assert all(s["end"] <= 50 for s in cfg.param_scheduler)
@@ -113,6 +115,16 @@ def test_overrides_reach_the_config(tiny_data):
     assert cfg.val_dataloader.dataset.data_root.startswith("/shared/data/")
     assert cfg.launcher == "pytorch"
     assert cfg.model_wrapper_cfg["device_ids"] is None  # CPU DDP (STACK.md trap 5)
+
+
+def test_ddp_on_gpu_wraps_the_model_on_the_device_ray_chose():
+    """Ray Train sets each worker's CUDA device; it need not be cuda:LOCAL_RANK."""
+    cfg = build_config(RunSpec(config=str(PAPER_CONFIGS[0]), loss="ce", terms={"ce": 1.0},
+                               seed=0, work_dir="w"), world_size=4, on_gpu=True,
+                       device_index=2)
+    assert cfg.launcher == "pytorch"
+    assert cfg.model_wrapper_cfg["device_ids"] == [2]
+    assert cfg.model_wrapper_cfg["broadcast_buffers"] is False
 
 
 NAME = re.compile(r"(?P<model>[^_]+)_(?P<backbone>[^_]+)_(?P<gpus>\d+)xb(?P<batch>\d+)-"

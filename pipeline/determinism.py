@@ -1,0 +1,61 @@
+"""What `train.deterministic` means on CPU and on GPU, as settings a run applies and a test reads.
+
+mmengine's own `randomness.deterministic=True` calls `torch.use_deterministic_algorithms(True)`,
+which raises at the first backward pass of DeepLabV3+ on CUDA: bilinear upsampling and adaptive
+average pooling have no deterministic CUDA backward. So the study never hands determinism to
+mmengine (it passes only the seed) and applies these settings itself:
+
+- cuDNN picks deterministic algorithms and no benchmarking (`cudnn.deterministic`, no
+  `cudnn.benchmark`, which mmseg's runtime would otherwise switch on);
+- `use_deterministic_algorithms(True, warn_only=True)`: every op with a deterministic kernel
+  uses it; the few without one warn once and run, instead of failing the run;
+- `CUBLAS_WORKSPACE_CONFIG=:4096:8`, which cuBLAS needs for reproducible matrix products on
+  CUDA >= 10.2. It must be in the environment before the first cuBLAS call, so the sweep also
+  passes it to its Ray workers.
+
+What that guarantees: on CPU, the same seed, data, code and worker count give bit-identical
+runs (tested). On GPU the remaining non-deterministic ops (the backward of bilinear upsampling
+and adaptive pooling, which accumulate with atomics) make runs differ in the last bits, which
+can grow over thousands of iterations: a seed fixes the data order, augmentation and
+initialisation, not every float.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+CUBLAS_WORKSPACE = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+
+
+@dataclass(frozen=True)
+class Determinism:
+    """The settings one run applies; `deterministic=False` leaves torch's defaults."""
+
+    deterministic: bool
+    cudnn_deterministic: bool
+    cudnn_benchmark: bool
+    torch_algorithms: bool  # torch.use_deterministic_algorithms(...)
+    warn_only: bool  # ... with warn_only: an op with no deterministic kernel warns, never raises
+    env: dict[str, str] = field(default_factory=dict)
+
+    def apply(self) -> None:
+        """Set them in this process (before the model's first CUDA matrix product)."""
+        import torch
+
+        for name, value in self.env.items():
+            os.environ.setdefault(name, value)
+        if not self.deterministic:
+            return
+        torch.backends.cudnn.deterministic = self.cudnn_deterministic
+        torch.backends.cudnn.benchmark = self.cudnn_benchmark
+        torch.use_deterministic_algorithms(self.torch_algorithms, warn_only=self.warn_only)
+
+
+def determinism(deterministic: bool, on_gpu: bool) -> Determinism:
+    """The settings for a run of `train.deterministic` on CPU or on GPU."""
+    if not deterministic:
+        return Determinism(False, cudnn_deterministic=False, cudnn_benchmark=on_gpu,
+                           torch_algorithms=False, warn_only=True)
+    return Determinism(True, cudnn_deterministic=True, cudnn_benchmark=False,
+                       torch_algorithms=True, warn_only=True,
+                       env=dict(CUBLAS_WORKSPACE) if on_gpu else {})

@@ -1,0 +1,94 @@
+"""Where a sweep's trials run: a local sweep's own Ray beside another one on the machine, and a
+trial's workers packed on one node of a multi-node Ray cluster (all on 127.0.0.1)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, free_port, study_params, sweep
+
+
+def test_a_local_sweep_starts_its_own_ray_beside_another(tmp_path, tiny_data):
+    """A `ray start --head` left running on the machine: plain ray.init() would join it and
+    fail on num_cpus; the sweep starts a Ray of its own and leaves the other alone."""
+    ray = str(Path(sys.executable).with_name("ray"))
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    other = subprocess.Popen(
+        [ray, "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+         "--port", str(free_port()), "--num-cpus", "1", "--include-dashboard", "false",
+         "--disable-usage-stats"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        status = None
+        for _ in range(120):  # until the other Ray answers
+            assert other.poll() is None, "ray start --head did not stay up"
+            status = subprocess.run([ray, "status"], env=env, capture_output=True, text=True,
+                                    timeout=60)
+            if status.returncode == 0:
+                break
+            time.sleep(1)
+        assert status is not None and status.returncode == 0, status.stderr[-2000:]
+
+        done = sweep(study_params(tmp_path, tiny_data, sweep=dict(losses=["ce"])), tmp_path,
+                     env={"RAY_ADDRESS": ""})
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert "num_cpus and num_gpus must not be provided" not in done.stderr
+        (trial,) = json.loads((tmp_path / "results" / "synthetic_voc.json").read_text())["trials"]
+        assert trial["status"] == "finished"
+        assert other.poll() is None  # the other Ray is still up, untouched
+    finally:
+        os.killpg(other.pid, signal.SIGTERM)  # ray start --block and the processes it started
+        try:
+            other.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(other.pid, signal.SIGKILL)
+            other.wait()
+
+
+@pytest.fixture
+def two_node_cluster(monkeypatch):
+    """A Ray cluster of a 1-CPU head and a 2-CPU node, joined by this process (the driver)."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    local = dict(node_ip_address="127.0.0.1", include_dashboard=False)
+    cluster = Cluster(initialize_head=True, head_node_args=dict(num_cpus=1, **local))
+    big = cluster.add_node(num_cpus=2, **local)
+    cluster.wait_for_nodes()
+    monkeypatch.setenv("RAY_ADDRESS", cluster.address)
+    monkeypatch.chdir(ROOT)  # the sweep ships this checkout as the job's working_dir
+    try:
+        yield big
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def test_a_trials_workers_share_one_node_of_the_cluster(tmp_path, tiny_data, two_node_cluster):
+    import ray
+
+    from pipeline.params import ParamsError
+    from pipeline.sweep import run_sweep
+
+    two_workers = study_params(tmp_path, tiny_data, train=dict(batch_size=2),
+                               sweep=dict(losses=["ce"], cpu_workers_per_trial=2))
+    results = run_sweep("synthetic_voc", two_workers, tmp_path / "results")
+    (trial,) = results["trials"]
+    assert trial["status"] == "finished" and trial["world_size"] == 2
+    assert trial["nodes"] == [two_node_cluster.node_id]  # both ranks on the 2-CPU node
+
+    # 3 CPUs in the cluster, but on no one node: a clear error, not a trial split over nodes
+    assert ray.cluster_resources()["CPU"] == 3
+    three_workers = study_params(tmp_path, tiny_data, sweep=dict(
+        losses=["ce"], cpu_workers_per_trial=3, scale_lr=True))
+    with pytest.raises(ParamsError) as error:
+        run_sweep("synthetic_voc", three_workers, tmp_path / "results")
+    assert "sweep.cpu_workers_per_trial: a trial needs 3 CPU on one node" in str(error.value)
+    assert "the largest has 2 CPU" in str(error.value)
