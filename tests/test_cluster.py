@@ -27,10 +27,10 @@ def test_a_local_sweep_starts_its_own_ray_beside_another(tmp_path, tiny_data):
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         status = None
-        for _ in range(120):  # until the other Ray answers
+        for _ in range(60):  # until the other Ray answers
             assert other.poll() is None, "ray start --head did not stay up"
-            status = subprocess.run([ray, "status"], env=env, capture_output=True, text=True,
-                                    timeout=60)
+            status = subprocess.run([ray, "status"], capture_output=True, text=True,
+                                    timeout=60, env={**env, "RAY_AUTH_MODE": "token"})
             if status.returncode == 0:
                 break
             time.sleep(1)
@@ -56,8 +56,12 @@ def test_a_local_sweep_starts_its_own_ray_beside_another(tmp_path, tiny_data):
 def two_node_cluster(monkeypatch):
     """A Ray cluster of a 1-CPU head and a 2-CPU node, joined by this process (the driver)."""
     import ray
+    import ray._private.services
     from ray.cluster_utils import Cluster
 
+    # The nodes bind 127.0.0.1 only (test traffic stays on loopback). A driver's ray.init turns
+    # a 127.0.0.1 address into this machine's network address, where nothing listens: keep it.
+    monkeypatch.setattr(ray._private.services, "resolve_ip_for_localhost", lambda host: host)
     local = dict(node_ip_address="127.0.0.1", include_dashboard=False)
     cluster = Cluster(initialize_head=True, head_node_args=dict(num_cpus=1, **local))
     big = cluster.add_node(num_cpus=2, **local)
@@ -75,7 +79,9 @@ def test_a_trials_workers_share_one_node_of_the_cluster(tmp_path, tiny_data, two
     import ray
 
     from pipeline.params import ParamsError
-    from pipeline.sweep import run_sweep
+    from pipeline.sweep import run_sweep, scaling_config
+
+    assert scaling_config(2, use_gpu=True, cpus_per_worker=1).placement_strategy == "STRICT_PACK"
 
     two_workers = study_params(tmp_path, tiny_data, train=dict(batch_size=2),
                                sweep=dict(losses=["ce"], cpu_workers_per_trial=2))
