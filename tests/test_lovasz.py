@@ -86,6 +86,9 @@ def test_half_precision_is_accumulated_in_fp32(dtype):
     (torch.rand(1, 3, 2, 2), torch.tensor([[[0, 3], [1, 255]]]), r"outside \[0, 3\).*\[3\]"),
     (torch.rand(1, 3, 2, 2), torch.tensor([[[0, -1], [1, 2]]]), r"outside \[0, 3\).*\[-1\]"),
     (torch.full((1, 3, 2, 2), float("nan")), torch.zeros(1, 2, 2, dtype=torch.long), "non-finite"),
+    (torch.randn(1, 3, 2, 2) * 4, torch.zeros(1, 2, 2, dtype=torch.long),
+     r"probabilities in \[0, 1\].*logits passed by mistake"),
+    (torch.full((1, 3, 2, 2), 1.01), torch.zeros(1, 2, 2, dtype=torch.long), r"\[1.01, 1.01\]"),
     (torch.rand(1, 3, 2, 2), torch.zeros(1, 2, 2), "integer class indices"),
 ])
 def test_bad_input_raises_a_clear_value_error(loss_fn, probas, labels, message):
@@ -98,3 +101,22 @@ def test_bad_classes_argument(classes):
     logits, labels = random_logits(0)
     with pytest.raises(ValueError, match="classes"):
         lovasz_softmax(logits.softmax(1), labels, classes)
+
+
+@pytest.mark.parametrize("classes", ["present", "all"])
+@pytest.mark.parametrize("loss_fn", [lovasz_softmax, lovasz_pixiou])
+def test_an_all_ignored_image_is_left_out_of_the_per_image_mean(loss_fn, classes):
+    logits, labels = random_logits(3, shape=(2, 4, 8, 8), ignore_share=0.1)
+    labels[1] = 255  # image 1: every pixel ignored
+    both = loss_fn(logits.softmax(1), labels, classes, per_image=True)
+    first = loss_fn(logits[:1].softmax(1), labels[:1], classes, per_image=True)
+    assert float(first) > 0
+    assert float(both) == pytest.approx(float(first), abs=1e-7)  # not first / 2
+
+
+def test_probas_off_0_1_by_rounding_are_accepted():
+    logits, labels = random_logits(4)
+    probas = logits.softmax(1).detach()
+    nudged = probas.clone()
+    nudged[0, 0, 0, 0], nudged[0, 1, 0, 0] = -1e-6, 1 + 1e-6
+    assert torch.isfinite(lovasz_pixiou(nudged, labels))

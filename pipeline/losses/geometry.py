@@ -1,4 +1,4 @@
-"""PixIoU geometry (PIXIOU_SPEC.md §1): where the mispredicted pixels of each class lie.
+"""PixIoU geometry (docs/pixiou.md, "The measure"): where the mispredicted pixels of each class lie.
 
 For one image and class c, with G the ground truth and P the prediction (valid pixels only),
 FN = G∖P, FP = P∖G, U = G∪P and x_i = (row+½, col+½):

@@ -67,7 +67,7 @@ class LovaszSoftmaxLoss(_LovaszLossBase):
 
 @MODELS.register_module()
 class LovaszPixIoULoss(_LovaszLossBase):
-    """Lovász-PixIoU (Yu et al., 2021; PIXIOU_SPEC.md) on logits."""
+    """Lovász-PixIoU (Yu et al., 2021, as defined in docs/pixiou.md) on logits."""
 
     default_name = "loss_pixiou"
 
