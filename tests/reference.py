@@ -1,8 +1,8 @@
 """Independent, deliberately naive implementations used as test oracles.
 
 `berman_*` transcribes Berman et al.'s reference lovasz_losses.py (a Python loop over classes and
-images, torch.sort + autograd); `pixiou_reference` writes PIXIOU_SPEC.md §1 pixel by pixel in
-numpy. Neither shares code with pipeline.losses.
+images, torch.sort + autograd); `pixiou_reference` writes docs/pixiou.md, "The measure", pixel
+by pixel in numpy. Neither shares code with pipeline.losses.
 """
 from __future__ import annotations
 

@@ -100,7 +100,8 @@ def test_fixture_results_give_the_expected_tables(fixture_study, tmp_path):
     # The claims, with the seeds they paired.
     assert ("| Lovász-Softmax > CE on mIoU | Berman et al. 2018 | synthetic_voc | "
             "+4.00 [+1.52, +6.48] | 0, 1, 2 | **reproduced** |") in md
-    assert ("| Lovász-PixIoU > Lovász-Softmax on mIoU | Yu et al. 2021 | synthetic_voc | "
+    assert ("| Lovász-PixIoU > Lovász-Softmax on mIoU | Yu et al. 2021, PixIoU as defined in "
+            "docs/pixiou.md | synthetic_voc | "
             "+1.00 [-24.41, +26.41] | 0, 1 | **inconclusive** |") in md
     # Per class: IoU.<c> = mIoU + index, so Lovász-Softmax (mean 15) is best on every class
     # but no column exists for the loss with no finished trial.
@@ -287,6 +288,12 @@ def test_gradient_study_shows_where_iou_gradients_vanish():
     partial = case("partial overlap")
     assert partial[-1]["iou"] == 0 and partial[-1]["Lovász-Softmax"] == 0
     assert all(p["Lovász-PixIoU"] > p["Lovász-Softmax"] for p in points)
+    # The training default (classes 'present', w.r.t. the logit): the background's term gives
+    # Lovász-Softmax a gradient, but one blind to where the false positives are
+    training = [p["Lovász-Softmax, training"] for p in no_overlap]
+    assert training[0] > 0 and len(set(training)) == 1
+    assert all(np.diff([p["Lovász-PixIoU, training"] for p in no_overlap]) > 0)
+    assert all(p["Lovász-PixIoU, training"] > p["Lovász-Softmax, training"] for p in points)
 
 
 @pytest.mark.slow

@@ -28,16 +28,19 @@ from pathlib import Path
 from ..params import ParamsError, load_params, lookup, parse_section
 from . import figures
 from .compare import ClaimParams, LossRow, check_claim, loss_rows
-from .gradients import LOSSES, gradient_study, summary_rows
+from .gradients import COLUMNS, gradient_study, summary_rows
 from .published import PublishedError, find, load_published
 from .results import FINISHED, METRICS, MISSING, DatasetResults, ResultsError, load_results
 from .tables import claims_table, dataset_table, gradient_table, latex, markdown, per_class_table
 
+#: PixIoU's formulas are not public: the claims are checked against the project's reconstruction.
+PIXIOU_SOURCE = "Yu et al. 2021, PixIoU as defined in docs/pixiou.md"
+
 
 def _default_claims() -> list[ClaimParams]:
     return [ClaimParams("lovasz", "ce", "mIoU", "Berman et al. 2018"),
-            ClaimParams("pixiou", "lovasz", "mIoU", "Yu et al. 2021"),
-            ClaimParams("pixiou", "lovasz", "mPixIoU", "Yu et al. 2021")]
+            ClaimParams("pixiou", "lovasz", "mIoU", PIXIOU_SOURCE),
+            ClaimParams("pixiou", "lovasz", "mPixIoU", PIXIOU_SOURCE)]
 
 
 @dataclass
@@ -172,12 +175,12 @@ def _curve_csv(loss_results) -> str:
 
 
 def _slug(label: str) -> str:
-    return label.lower().replace("á", "a").replace("-", "_")
+    return label.lower().replace("á", "a").replace(", ", "_").replace("-", "_").replace(" ", "_")
 
 
 def _gradient_csv(points: list[dict]) -> str:
-    return _csv(["shift", "iou", *(_slug(name) for name in LOSSES)],
-                [[p["shift"], p["iou"], *(p[name] for name in LOSSES)] for p in points])
+    return _csv(["shift", "iou", *(_slug(column) for column in COLUMNS)],
+                [[p["shift"], p["iou"], *(p[column] for column in COLUMNS)] for p in points])
 
 
 def _rounded(value):

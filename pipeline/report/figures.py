@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .compare import LossRow  # noqa: E402
-from .gradients import CASES, LOSSES  # noqa: E402
+from .gradients import CASES, COLUMNS, SETTINGS  # noqa: E402
 from .results import FINISHED, DatasetResults  # noqa: E402
 
 COLOURS = plt.get_cmap("tab10").colors
@@ -93,23 +93,30 @@ def per_class_bars(results: DatasetResults, rows: list[LossRow], path: Path) -> 
 
 
 def gradient_study(points: list[dict], path: Path) -> Path:
-    """Mean |gradient| on false-positive pixels against the shift, one panel per case."""
-    fig, axes = plt.subplots(1, len(CASES), figsize=(5.0 * len(CASES), 3.8), squeeze=False)
-    for ax, case in zip(axes[0], CASES, strict=True):
-        mine = [p for p in points if p["case"] == case.name]
-        for j, name in enumerate(LOSSES):
-            ax.plot([p["shift"] for p in mine], [p[name] for p in mine], "o-",
-                    color=COLOURS[j + 1], label=name)
-        twin = ax.twinx()
-        twin.plot([p["shift"] for p in mine], [p["iou"] for p in mine], "--", color="grey",
-                  lw=1, label="IoU of the prediction")
-        twin.set_ylim(-0.05, 1.05)
-        twin.set_ylabel("IoU", color="grey")
-        ax.set_xlabel("shift (pixels)")
-        ax.set_ylabel("mean |∂loss/∂p| on false positives")
-        ax.set_title(case.name, fontsize=10)
-        ax.grid(alpha=0.3)
-        handles = ax.get_legend_handles_labels()
-        extra = twin.get_legend_handles_labels()
-        ax.legend(handles[0] + extra[0], handles[1] + extra[1], fontsize=7, loc="best")
+    """Mean |gradient| on false-positive pixels against the shift: one column per case, one
+    row per setting (one class w.r.t. p; the training default w.r.t. the logit)."""
+    fig, axes = plt.subplots(len(SETTINGS), len(CASES), figsize=(5.0 * len(CASES), 3.6 * 2),
+                             squeeze=False)
+    for row, setting in enumerate(SETTINGS):
+        columns = [c for c, (_, s) in COLUMNS.items() if s == setting]
+        for ax, case in zip(axes[row], CASES, strict=True):
+            mine = [p for p in points if p["case"] == case.name]
+            for j, column in enumerate(columns):
+                ax.plot([p["shift"] for p in mine], [p[column] for p in mine], "o-",
+                        color=COLOURS[j + 1], label=column)
+            twin = ax.twinx()
+            twin.plot([p["shift"] for p in mine], [p["iou"] for p in mine], "--", color="grey",
+                      lw=1, label="IoU of the prediction")
+            twin.set_ylim(-0.05, 1.05)
+            twin.set_ylabel("IoU", color="grey")
+            ax.set_xlabel("shift s (pixels)")
+            ax.set_ylabel("mean |∂loss/∂z_object|" if setting.wrt_logits
+                          else "mean |∂loss/∂p_object|")
+            ax.set_title(f"{case.name}: " + ("classes 'present', w.r.t. logits"
+                                              if setting.wrt_logits
+                                              else "object class only, w.r.t. p"), fontsize=9)
+            ax.grid(alpha=0.3)
+            handles = ax.get_legend_handles_labels()
+            extra = twin.get_legend_handles_labels()
+            ax.legend(handles[0] + extra[0], handles[1] + extra[1], fontsize=7, loc="best")
     return _save(fig, path)

@@ -164,9 +164,14 @@ def gradient_table(rows: list[dict]) -> Table:
     losses = [k for k in rows[0] if k not in ("case", "description", "shifts")]
     body = [[Cell(r["case"]), Cell(f"{r['shifts'][0]}–{r['shifts'][-1]}")] +
             [Cell(f"{r[loss][0]:.4f} → {r[loss][-1]:.4f}") for loss in losses] for r in rows]
-    notes = ["Mean |∂loss/∂p| over the false-positive pixels of the predicted class, at the "
-             "smallest and the largest shift (pixels). " +
-             " ".join(f"{r['case']}: {r['description']}" for r in rows)]
+    notes = ["Mean |gradient| over the false-positive pixels of the object's channel, at the "
+             "smallest and the largest shift (pixels), in float64. Lovász-Softmax and "
+             "Lovász-PixIoU: the object class's loss alone (classes=[1]), differentiated with "
+             "respect to its probability p, as in the paper's argument. '…, training': the "
+             "training default, classes 'present' (background and object averaged), "
+             "differentiated with respect to the object's logit; the background's term reaches "
+             "that logit through the softmax, so Lovász-Softmax's gradient is no longer 0 there.",
+             *(f"{r['case']}: {r['description']}" for r in rows)]
     return Table("Gradient study: where IoU's gradient vanishes", [
         "Case", "Shift", *(f"FP gradient, {loss}" for loss in losses)], body, notes,
         "tab:gradients")
