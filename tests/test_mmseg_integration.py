@@ -41,9 +41,9 @@ val_evaluator = dict(type='PixIoUMetric')
 LOSSES = {
     "lovasz": ("[dict(type='LovaszSoftmaxLoss', loss_weight=1.0)]", ["loss_lovasz"]),
     "pixiou": ("[dict(type='LovaszPixIoULoss', per_image=True)]", ["loss_pixiou"]),
-    "ce+lovasz": ("[dict(type='CrossEntropyLoss', loss_weight=1.0),"
+    "ce_lovasz": ("[dict(type='CrossEntropyLoss', loss_weight=1.0),"
                   " dict(type='LovaszSoftmaxLoss', loss_weight=0.5)]", ["loss_ce", "loss_lovasz"]),
-    "ce+pixiou": ("[dict(type='CrossEntropyLoss', loss_weight=1.0),"
+    "ce_pixiou": ("[dict(type='CrossEntropyLoss', loss_weight=1.0),"
                   " dict(type='LovaszPixIoULoss', loss_weight=0.5)]", ["loss_ce", "loss_pixiou"]),
 }
 

@@ -24,7 +24,7 @@ from pipeline.stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
 from .conftest import GIT, ROOT, dvc
 
 TERMS = {"ce": {"ce": 1.0}, "lovasz": {"lovasz": 1.0}, "pixiou": {"pixiou": 1.0},
-         "ce+pixiou": {"ce": 1.0, "pixiou": 1.0}}
+         "ce_pixiou": {"ce": 1.0, "pixiou": 1.0}}
 
 
 def trial(loss, seed, miou=None, mpixiou=None, status="finished", error=None,
@@ -41,7 +41,7 @@ def trial(loss, seed, miou=None, mpixiou=None, status="finished", error=None,
             "world_size": 1, "wall_time_s": 1.0}
 
 
-#: ce and lovasz finish every seed; pixiou's seed 2 failed; ce+pixiou is planned, never run.
+#: ce and lovasz finish every seed; pixiou's seed 2 failed; ce_pixiou is planned, never run.
 FIXTURE_TRIALS = [
     trial("ce", 0, 10.0, -5.0), trial("ce", 1, 11.0, -4.0), trial("ce", 2, 12.0, -3.0),
     trial("lovasz", 0, 13.0, 1.0), trial("lovasz", 1, 15.0, 2.0), trial("lovasz", 2, 17.0, 3.0),
@@ -63,7 +63,7 @@ def write_results(directory: Path, trials, dataset="synthetic_voc",
 def report_params(tmp_path: Path, datasets=("synthetic_voc",), **report) -> Path:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["study"]["datasets"] = list(datasets)
-    params["sweep"].update(losses=["ce", "lovasz", "pixiou", "ce+pixiou"], seeds=[0, 1, 2])
+    params["sweep"].update(losses=["ce", "lovasz", "pixiou", "ce_pixiou"], seeds=[0, 1, 2])
     params["report"].update(results_dir=str(tmp_path / "results"),
                             output=str(tmp_path / "reports"),
                             published=str(ROOT / "reports/published.yaml"), **report)
@@ -95,8 +95,8 @@ def test_fixture_results_give_the_expected_tables(fixture_study, tmp_path):
     # The planned loss that never ran is a row of its own, counted, with no invented numbers.
     assert "| CE + Lovász-PixIoU | 0/3 (3 missing) | — | — | — | — | — | — | not known |" in md
     assert "Failed: 1 trial(s): pixiou seed 2 (RuntimeError: worker died: out of memory)." in md
-    assert ("Missing (planned, not in synthetic_voc.json): 3 trial(s): ce+pixiou seed 0; "
-            "ce+pixiou seed 1; ce+pixiou seed 2.") in md
+    assert ("Missing (planned, not in synthetic_voc.json): 3 trial(s): ce_pixiou seed 0; "
+            "ce_pixiou seed 1; ce_pixiou seed 2.") in md
     # The claims, with the seeds they paired.
     assert ("| Lovász-Softmax > CE on mIoU | Berman et al. 2018 | synthetic_voc | "
             "+4.00 [+1.52, +6.48] | 0, 1, 2 | **reproduced** |") in md
@@ -114,7 +114,7 @@ def test_fixture_results_give_the_expected_tables(fixture_study, tmp_path):
     metrics = json.loads((tmp_path / "reports/metrics.json").read_text())
     assert metrics["trials"] == {"finished": 8, "failed": 1, "stopped": 0, "missing": 3}
     assert metrics["synthetic_voc"]["pixiou"]["mIoU"] == 15.0
-    assert metrics["synthetic_voc"]["ce+pixiou"]["mIoU"] is None
+    assert metrics["synthetic_voc"]["ce_pixiou"]["mIoU"] is None
     assert metrics["claims"]["synthetic_voc"]["lovasz_vs_ce_mIoU"]["verdict"] == REPRODUCED
 
     rows = (tmp_path / "reports/results.csv").read_text().splitlines()

@@ -91,7 +91,7 @@ def test_a_two_worker_trial_evaluates_the_whole_validation_set(tmp_path, odd_val
     from pipeline.train import RunSpec, evaluate
 
     params = study_params(tmp_path, odd_val_data, train=dict(batch_size=2, overlays=3),
-                          sweep=dict(losses=["ce+lovasz"], cpu_workers_per_trial=2))
+                          sweep=dict(losses=["ce_lovasz"], cpu_workers_per_trial=2))
     done = sweep(params, tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (trial,) = json.loads((tmp_path / "results" / "synthetic_voc.json").read_text())["trials"]
@@ -269,13 +269,13 @@ def test_the_study_changes_only_the_trials_it_touches(tmp_path, tiny_data):
     """Changing one loss weight keeps every other trial's key (and so its finished run)."""
     from pipeline.sweep import load_study, plan_trials
 
-    base = study_params(tmp_path, tiny_data, sweep=dict(losses=["ce", "ce+pixiou"]))
+    base = study_params(tmp_path, tiny_data, sweep=dict(losses=["ce", "ce_pixiou"]))
     keys = {t.spec.loss: t.key for t in plan_trials(load_study("synthetic_voc", base))}
-    changed = study_params(tmp_path, tiny_data, sweep=dict(losses=["ce", "ce+pixiou"]),
+    changed = study_params(tmp_path, tiny_data, sweep=dict(losses=["ce", "ce_pixiou"]),
                            train=dict(losses={"ce": {"ce": 1.0},
-                                              "ce+pixiou": {"ce": 1.0, "pixiou": 0.5}}))
+                                              "ce_pixiou": {"ce": 1.0, "pixiou": 0.5}}))
     again = {t.spec.loss: t.key for t in plan_trials(load_study("synthetic_voc", changed))}
-    assert again["ce"] == keys["ce"] and again["ce+pixiou"] != keys["ce+pixiou"]
+    assert again["ce"] == keys["ce"] and again["ce_pixiou"] != keys["ce_pixiou"]
 
 
 def test_lr_search_draws_reproducible_rates_in_range():

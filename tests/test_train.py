@@ -29,7 +29,7 @@ PAPER_CONFIGS = sorted((ROOT / "mmseg_configs").glob("deeplabv3plus_*.py"))
 
 
 def spec(tmp_path, tiny_data, **overrides) -> RunSpec:
-    values = dict(config=TINY_VOC, loss="ce+pixiou", terms={"ce": 1.0, "pixiou": 0.5}, seed=0,
+    values = dict(config=TINY_VOC, loss="ce_pixiou", terms={"ce": 1.0, "pixiou": 0.5}, seed=0,
                   work_dir=str(tmp_path / "run"), data_root=str(tiny_data), iterations=4,
                   val_interval=2, overlays=2, threads=1)
     return RunSpec(**{**values, **overrides})
@@ -85,7 +85,7 @@ def test_runs_are_deterministic_for_a_seed(tmp_path, tiny_data):
     assert one["history"][0]["loss"] != other["history"][0]["loss"]
 
 
-@pytest.mark.parametrize("loss", ["ce", "lovasz", "pixiou", "ce+lovasz", "ce+pixiou"])
+@pytest.mark.parametrize("loss", ["ce", "lovasz", "pixiou", "ce_lovasz", "ce_pixiou"])
 def test_the_study_loss_goes_on_the_decode_and_auxiliary_heads(loss):
     params = load_train_params(ROOT / "params.yaml")
     terms = params.terms_of(loss, "test")
@@ -197,7 +197,7 @@ def test_cli_names_an_unknown_loss_and_runs_a_known_one(tmp_path, tiny_data):
             "--iterations", "2", "--val-interval", "2", "--work-dir", str(tmp_path / "cli")]
     bad = subprocess.run(base + ["--loss", "dice"], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2
-    assert "unknown loss 'dice'" in bad.stderr and "ce+pixiou" in bad.stderr
+    assert "unknown loss 'dice'" in bad.stderr and "ce_pixiou" in bad.stderr
     good = subprocess.run(base + ["--loss", "lovasz", "--seed", "3"], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert good.returncode == 0, good.stderr[-2000:]

@@ -39,7 +39,7 @@ def paper_leaf(tmp_path_factory) -> Path:
     return leaf
 
 
-@pytest.mark.parametrize("loss", ["ce", "lovasz", "pixiou", "ce+lovasz", "ce+pixiou"])
+@pytest.mark.parametrize("loss", ["ce", "lovasz", "pixiou", "ce_lovasz", "ce_pixiou"])
 def test_one_paper_config_step_with_each_loss(tmp_path, voc_512, paper_leaf, loss):
     params = load_train_params(ROOT / "params.yaml")
     summary = run(RunSpec(
