@@ -58,19 +58,29 @@ def jaccard_gradient(gt_sorted: Tensor, dtype: torch.dtype = torch.float32,
     relative error of ~10% at 4M pixels per row in float32).
     """
     n = gt_sorted.shape[-1]
-    count = torch.int32 if n < 2 ** 31 else torch.int64
+    # Integer counts: exact to 2^31 (int32) or 2^63 pixels per row.
+    count = torch.int32 if n < 2 ** 31 and dtype != torch.float64 else torch.int64
     rank = torch.arange(1, n + 1, dtype=count, device=gt_sorted.device)
-    union = torch.empty(gt_sorted.shape, dtype=count, device=gt_sorted.device)
-    union.copy_(gt_sorted).cumsum_(-1)  # c_k
-    gts = union[..., -1:].clone()
-    union.neg_().add_(rank).add_(gts)  # U_k = |G| + k − c_k ≥ k ≥ 1
-    inv_union = union.to(dtype).reciprocal_()  # 1/U_k
+    counts = torch.empty(gt_sorted.shape, dtype=count, device=gt_sorted.device)
+    counts.copy_(gt_sorted).cumsum_(-1)  # c_k
+    gts = counts[..., -1:].clone()
+    counts.neg_().add_(rank).add_(gts)  # U_k = |G| + k − c_k ≥ k ≥ 1
     g = torch.empty(gt_sorted.shape, dtype=dtype, device=gt_sorted.device) if out is None else out
-    g[..., 1:] = inv_union[..., :-1]  # 1/U_{k−1}
-    g[..., :1] = gts.to(dtype).clamp_(min=1).reciprocal_()  # 1/U_0 = 1/|G|
-    g.mul_(inv_union).mul_(union.sub_(rank))  # I_k / (U_k U_{k−1}), I_k = U_k − k
-    torch.where(gt_sorted, inv_union, g, out=g)
-    g[..., :1].masked_fill_(gts == 0, 1.0)  # the empty class
+    g.copy_(counts)  # U_k
+    counts.sub_(rank)  # I_k = U_k − k
+    if counts.element_size() == g.element_size():
+        # I_k as floats in the counts' own buffer: an element-wise copy onto the same memory
+        # reads each element before writing it. Two row-sized buffers in all, like the
+        # difference form's.
+        inter = counts.view(dtype)
+        inter.copy_(counts)
+    else:
+        inter = counts.to(dtype)
+    inter.div_(g)  # I_k / U_k
+    inter.div_(g.sub_(1.0))  # / U_{k−1}: at any other pixel U_{k−1} = U_k − 1
+    g.add_(1.0).reciprocal_()  # 1 / U_k
+    torch.where(gt_sorted, g, inter, out=g)
+    g[..., :1].masked_fill_(gts == 0, 1.0)  # the empty class (its U_0 = 0 divided by zero)
     return g
 
 
