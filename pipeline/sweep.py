@@ -307,7 +307,8 @@ def _train_worker(config: dict) -> None:
     nodes = _worker_nodes()
 
     def report(metrics: dict) -> None:
-        ray.train.report({**metrics, "nodes": nodes})
+        # A string: Tune's TensorBoard logger skips it, where it warns about a list.
+        ray.train.report({**metrics, "nodes": ",".join(nodes)})
 
     run(spec, report=report)
 
@@ -393,8 +394,8 @@ def _tracking_callback(tracker: Tracker, parent_id: str, trials: dict[str, Trial
         def on_trial_result(self, iteration, trials, trial, result, **info):
             ours = self._trial(trial)
             if result.get("nodes") and ours.key not in self.nodes:
-                self.nodes[ours.key] = list(result["nodes"])
-                tracker.set_tags(self._run_id(ours), {"nodes": ",".join(result["nodes"])})
+                self.nodes[ours.key] = result["nodes"].split(",")
+                tracker.set_tags(self._run_id(ours), {"nodes": result["nodes"]})
             if "mIoU" in result:
                 tracker.log_evaluations(self._run_id(ours), [result])
                 log(f"eval   {ours.name} iter {result['iteration']}: mIoU {result['mIoU']:.2f} "
