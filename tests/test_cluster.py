@@ -98,3 +98,33 @@ def test_a_trials_workers_share_one_node_of_the_cluster(tmp_path, tiny_data, two
         run_sweep("synthetic_voc", three_workers, tmp_path / "results")
     assert "sweep.cpu_workers_per_trial: a trial needs 3 CPU on one node" in str(error.value)
     assert "the largest has 2 CPU" in str(error.value)
+
+
+def test_an_autoscaler_node_type_that_fits_makes_trials_wait_not_fail(two_node_cluster):
+    """With an autoscaler's cluster config in the GCS (its node types, as Ray Train reads
+    them), a trial no node up now can hold is a warning: it waits for the autoscaler. A trial
+    no node type can hold is still an error."""
+    import ray
+    import ray._raylet
+    from ray.core.generated import autoscaler_pb2
+    from ray.experimental.internal_kv import _internal_kv_put
+
+    from pipeline.params import ParamsError
+    from pipeline.sweep import SweepParams, check_cluster_resources
+
+    ray.init(address=os.environ["RAY_ADDRESS"])
+    config = autoscaler_pb2.ClusterConfig()
+    group = config.node_group_configs.add(name="cpu4", max_count=2)
+    group.resources["CPU"] = 4
+    _internal_kv_put(ray._raylet.GCS_AUTOSCALER_CLUSTER_CONFIG_KEY, config.SerializeToString(),
+                     namespace=ray._raylet.GCS_AUTOSCALER_STATE_NAMESPACE)
+
+    logged = []
+    check_cluster_resources(SweepParams(losses=["ce"], seeds=[0], cpu_workers_per_trial=4),
+                            logged.append)
+    assert len(logged) == 1 and "wait for the autoscaler" in logged[0]
+    with pytest.raises(ParamsError, match="no node type of the Ray cluster"):
+        check_cluster_resources(SweepParams(losses=["ce"], seeds=[0], cpu_workers_per_trial=5))
+    check_cluster_resources(SweepParams(losses=["ce"], seeds=[0], cpu_workers_per_trial=2),
+                            logged.append)  # a node up now holds it: nothing said
+    assert len(logged) == 1
