@@ -66,8 +66,15 @@ $(VENV)/.stamp-dev: pyproject.toml $(VENV)/.stamp-base
 	$(PIP) install --quiet -e ".[dev]"
 	touch $@
 
+# Says which builds the venv holds (a CPU torch, or which CUDA), whenever it installs.
+BUILDS = $(BIN)/python -c "import torch, mmcv, mmseg; print('>>> installed: torch', \
+  torch.__version__, '(CUDA ' + torch.version.cuda + ')' if torch.version.cuda else '(CPU)', \
+  '| mmcv', mmcv.__version__, '| mmsegmentation', mmseg.__version__)"
+
 install: $(VENV)/.stamp-base
+	@$(BUILDS)
 install-dev: $(VENV)/.stamp-dev
+	@$(BUILDS)
 
 # The UI test drives Debian's headless Chromium (no browser download of its own). Without root
 # or passwordless sudo it cannot be installed: that one test is then skipped, outside CI.

@@ -1,9 +1,11 @@
-"""The two install descriptions agree, and no requirement admits a torch newer than 2.13.x."""
+"""The two install descriptions agree, no requirement admits a torch newer than 2.13.x, and
+the install says which builds it installed."""
 from __future__ import annotations
 
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 from packaging.requirements import Requirement
 
@@ -54,3 +56,22 @@ def test_mmcv_range_is_what_mmseg_accepts():
     import mmcv
     import mmseg
     assert mmcv.__version__ == "2.1.0" and mmseg.__version__ == "1.2.2"
+
+
+def test_make_install_says_which_builds_it_installed():
+    """A CPU torch where a CUDA one was meant (or the reverse) shows at the end of the install."""
+    import subprocess
+    import sys
+
+    import mmcv
+    import torch
+
+    venv = Path(sys.executable).parent.parent
+    if not (venv / ".stamp-base").is_file():  # would install into a venv make did not make
+        pytest.skip(f"{venv} was not made by `make install`")
+    done = subprocess.run(["make", "install", f"VENV={venv}"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    build = f"(CUDA {torch.version.cuda})" if torch.version.cuda else "(CPU)"
+    assert f">>> installed: torch {torch.__version__} {build} | mmcv {mmcv.__version__}" in \
+        done.stdout
