@@ -29,14 +29,24 @@ CUBLAS_WORKSPACE = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
 
 @dataclass(frozen=True)
 class Determinism:
-    """The settings one run applies; `deterministic=False` leaves torch's defaults."""
+    """The settings one run applies; `deterministic=False` leaves torch's and mmseg's defaults."""
 
     deterministic: bool
-    cudnn_deterministic: bool
-    cudnn_benchmark: bool
-    torch_algorithms: bool  # torch.use_deterministic_algorithms(...)
-    warn_only: bool  # ... with warn_only: an op with no deterministic kernel warns, never raises
+    warn_only: bool = True  # an op with no deterministic kernel warns, never raises
     env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def cudnn_deterministic(self) -> bool:
+        return self.deterministic
+
+    @property
+    def cudnn_benchmark(self) -> bool:
+        """False when deterministic: benchmarking picks kernels by timing, run to run."""
+        return not self.deterministic
+
+    @property
+    def torch_algorithms(self) -> bool:  # torch.use_deterministic_algorithms(...)
+        return self.deterministic
 
     def apply(self) -> None:
         """Set them in this process (before the model's first CUDA matrix product)."""
@@ -53,9 +63,5 @@ class Determinism:
 
 def determinism(deterministic: bool, on_gpu: bool) -> Determinism:
     """The settings for a run of `train.deterministic` on CPU or on GPU."""
-    if not deterministic:
-        return Determinism(False, cudnn_deterministic=False, cudnn_benchmark=on_gpu,
-                           torch_algorithms=False, warn_only=True)
-    return Determinism(True, cudnn_deterministic=True, cudnn_benchmark=False,
-                       torch_algorithms=True, warn_only=True,
-                       env=dict(CUBLAS_WORKSPACE) if on_gpu else {})
+    return Determinism(deterministic,
+                       env=dict(CUBLAS_WORKSPACE) if deterministic and on_gpu else {})

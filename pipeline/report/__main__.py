@@ -20,6 +20,7 @@ import argparse
 import csv
 import io
 import json
+import re
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -175,7 +176,7 @@ def _curve_csv(loss_results) -> str:
 
 
 def _slug(label: str) -> str:
-    return label.lower().replace("á", "a").replace(", ", "_").replace("-", "_").replace(" ", "_")
+    return re.sub(r"[^a-z0-9]+", "_", label.lower().replace("á", "a"))
 
 
 def _gradient_csv(points: list[dict]) -> str:
