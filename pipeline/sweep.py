@@ -36,7 +36,7 @@ RESULTS_DIR = Path("results")
 STOPPED = "stopped.json"
 #: Files whose content decides a trial's numbers (with the configs and the dataset's hash).
 TRAINING_CODE = ("pipeline/train.py", "pipeline/artifacts.py", "pipeline/metrics.py",
-                 "pipeline/losses")
+                 "pipeline/determinism.py", "pipeline/losses")
 CONFIGS = "mmseg_configs"
 
 

@@ -93,7 +93,8 @@ def lovasz_coefficients_(errors: Tensor, fg: Tensor, valid: Tensor) -> Tensor:
     valid:  bool, broadcastable to errors; False on ignored pixels (they get coefficient 0)
     Returns [..., N] coefficients of errors' dtype, so that L̄(m) = <m, coefficients>.
     """
-    key = errors.masked_fill_(~valid, _IGNORED_KEY)  # ignored pixels sort last
+    # Rounding may leave m a hair below 0, where the int-view sort would misorder it.
+    key = errors.clamp_(min=0.0).masked_fill_(~valid, _IGNORED_KEY)  # ignored pixels sort last
     order = torch.empty(key.shape, dtype=torch.long, device=key.device)
     # The one batched sort, in place. Non-negative IEEE floats order like their bit patterns
     # read as signed ints, and the one negative key (ignored pixels) reads as a negative int,
@@ -174,8 +175,7 @@ class _RowLayout:
         errors = torch.empty(self.shape, dtype=probas.dtype, device=probas.device)
         p = self.pixels(probas)
         torch.where(self.rows(fg), 1.0 - p, p, out=self.rows(errors))
-        # Rounding may leave m a hair below 0, where the int-view sort would misorder it.
-        return errors.clamp_(min=0.0)
+        return errors
 
 
 class _LovaszExtension(torch.autograd.Function):
