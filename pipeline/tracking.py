@@ -1,10 +1,11 @@
 """MLflow tracking of a sweep: one parent run per sweep, one nested child run per trial.
 
 Only the sweep's driver writes (Ray Tune callbacks run there), so a sqlite store never sees two
-writers. Every write is idempotent, keyed by tags: a rerun after a crash finds the parent by its
-sweep key and each child by its trial key, logs only the evaluations the run does not have yet,
-and finishes a trial once. The store is `tracking.uri` of params.yaml (sqlite:///mlflow.db, with
-artifacts under `tracking.artifacts`) unless MLFLOW_TRACKING_URI points elsewhere.
+writers; on a cluster the store is a tracking server (docs/cluster.md). Every write is
+idempotent, keyed by tags: a rerun after a crash finds the parent by its sweep key and each
+child by its trial key, logs only the evaluations the run does not have yet, and finishes a
+trial once. The store is `tracking.uri` of params.yaml (sqlite:///mlflow.db, with artifacts
+under `tracking.artifacts`) unless MLFLOW_TRACKING_URI points elsewhere.
 
 Nothing from the environment is logged except what is named here, and every value is checked
 against the environment's secrets (variables named like *PASSWORD*, *TOKEN*, *SECRET*, *KEY*)
@@ -21,6 +22,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .params import ParamsError
+from .train import RESULT_FILES
 
 SWEEP_KEY = "pixiou.sweep_key"
 TRIAL_KEY = "pixiou.trial_key"
@@ -106,11 +108,25 @@ class Tracker:
 
     # -- set-up --------------------------------------------------------------------------------
 
-    def check(self) -> None:
-        """Fail now, with the store's address, if it cannot be written."""
+    def check(self, in_ray_job: bool = False) -> None:
+        """Fail now, with the store's address, if it cannot be written.
+
+        One quick try: a server that does not answer now fails the stage before training. Later
+        writes get MLflow's usual retries (MLFLOW_HTTP_REQUEST_MAX_RETRIES).
+        """
+        if in_ray_job and self.is_local:
+            raise TrackingError(
+                f"MLflow tracking store {redact(self.uri, self.secrets)} is a local file, but "
+                "this sweep runs inside a Ray job, whose files are lost when it ends: start a "
+                "tracking server (`mlflow server --backend-store-uri postgresql://... "
+                "--artifacts-destination s3://...`, see docs/cluster.md) and submit with "
+                "`--runtime-env-json '{\"env_vars\": {\"MLFLOW_TRACKING_URI\": "
+                "\"http://<server>:5000\"}}'`")
+        quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": str(self.params.timeout_seconds)}
+        saved = {name: os.environ.get(name) for name in quick}
         if self.uri.startswith(("http://", "https://")):
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(self.params.timeout_seconds))
+            os.environ.update({k: v for k, v in quick.items() if saved[k] is None})
         try:
             self.experiment_id()
         except Exception as error:  # noqa: BLE001 - any failure: the store cannot be used
@@ -120,6 +136,10 @@ class Tracker:
             message = redact(f"{type(error).__name__}: {error}", self.secrets).splitlines()[0]
             raise TrackingError(f"MLflow tracking store {redact(self.uri, self.secrets)} is "
                                 f"not usable: {message[:300]}; {hint}") from None
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
 
     def experiment_id(self) -> str:
         if self._experiment_id is None:
@@ -217,12 +237,12 @@ class Tracker:
                   "wall_time_s": summary["wall_time_s"], **summary["per_class"]}
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step)
                                                for k, v in finals.items()])
-        for name in ("config.py", "summary.json", "confusion_matrix.png",
-                     "confusion_matrix.json"):
-            if (work_dir / name).is_file():
-                self.client.log_artifact(run_id, str(work_dir / name))
-        if (work_dir / "overlays").is_dir():
-            self.client.log_artifacts(run_id, str(work_dir / "overlays"), "overlays")
+        for name in RESULT_FILES:
+            path = work_dir / name
+            if path.is_dir():
+                self.client.log_artifacts(run_id, str(path), name)
+            elif path.is_file():
+                self.client.log_artifact(run_id, str(path))
         self.set_tags(run_id, {FINAL_LOGGED: "1", "world_size": summary["world_size"]})
         self.client.set_terminated(run_id, "FINISHED")
 

@@ -3,11 +3,13 @@
     python -m pipeline.train mmseg_configs/fcn_r18-tiny-d8_1xb4-160_synthetic-voc-128x128.py \\
         --loss pixiou --seed 0 [--iterations 50] [--work-dir work_dirs/debug]
 
-The same `run()` is the body of every Ray trial (pipeline/sweep.py), where it runs on each DDP
-worker. A run evaluates mIoU + mPixIoU every `val_interval` iterations, checkpoints at the same
-interval and, restarted with the same work dir, resumes from its last checkpoint. When it ends,
-rank 0 writes `summary.json` (the final and per-class values and the validation history), a
-confusion matrix and a few prediction overlays into the work dir.
+The same `run()` is the body of every Ray trial (pipeline/sweep/trial.py), where it runs on
+each DDP worker. A run evaluates mIoU + mPixIoU every `val_interval` iterations, checkpoints at
+the same interval and, restarted with the same work dir, resumes from its last checkpoint. When
+it ends, rank 0 writes `summary.json` (the final and per-class values and the validation
+history), a confusion matrix and a few prediction overlays into the work dir. A `Reporter`
+carries each evaluation, checkpoint and the final files beyond the work dir (the Ray trial's
+sends them through `ray.train.report` to the sweep's storage) and restores the run from there.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +36,9 @@ LOSS_TERMS = {
 }
 SUMMARY = "summary.json"
 HISTORY = "eval_history.jsonl"
+#: What a finished run leaves for the study (besides its last checkpoint), written by rank 0.
+RESULT_FILES = (SUMMARY, HISTORY, "config.py", "confusion_matrix.png", "confusion_matrix.json",
+                "overlays")
 #: Auxiliary heads keep mmseg's relative weight (0.4 in the model zoo) for the study's loss.
 DEFAULT_AUX_WEIGHT = 0.4
 
@@ -184,6 +189,7 @@ def build_config(spec: RunSpec, world_size: int = 1, on_gpu: bool = False,
             if "data_root" in dataset:
                 dataset["data_root"] = _reroot(dataset["data_root"], spec.data_root)
     cfg.work_dir = spec.work_dir
+    cfg.default_hooks.checkpoint.max_keep_ckpts = 1  # a node's disk holds one per run
     cfg.resume = True  # from the work dir's last checkpoint, when there is one
     cfg.load_from = None
     # One name per run: mmengine keys its global logger and visualizer by it.
@@ -334,6 +340,34 @@ def _runner_class():
     return StudyRunner
 
 
+# --- where a run reports -------------------------------------------------------------------------
+
+class Reporter:
+    """Where a run's evaluations, checkpoints and final files go beyond its work dir.
+
+    This one keeps them in the work dir (a run from the command line). Every rank calls every
+    method, in the same order; only rank 0 is given files.
+    """
+
+    def restore(self, work_dir: Path) -> dict | None:
+        """Put the run's last checkpoint into `work_dir` (mmengine resumes from it); return the
+        summary instead if the run had already finished. Here the work dir holds both."""
+        return None
+
+    def evaluation(self, record: dict, checkpoint: Path | None) -> None:
+        """An evaluation before the last; `checkpoint`: the weights it evaluated (rank 0)."""
+
+    def finished(self, summary: dict, work_dir: Path | None) -> None:
+        """The final evaluation and the run's files (`RESULT_FILES` and `last_checkpoint`
+        under `work_dir`, rank 0); None when the run had finished before (restored)."""
+
+
+def last_checkpoint(work_dir: Path) -> Path | None:
+    """The checkpoint mmengine saved last in `work_dir` (its `last_checkpoint` pointer)."""
+    pointer = work_dir / "last_checkpoint"
+    return Path(pointer.read_text().strip()) if pointer.is_file() else None
+
+
 # --- the hook that reports evaluations --------------------------------------------------------
 
 def _study_hook_class():
@@ -342,9 +376,10 @@ def _study_hook_class():
 
     class StudyHook(Hook):
         """Keeps the validation history (resumable, in the work dir) and reports every
-        evaluation: iteration, mIoU, mPixIoU, the mean training loss since the last one and
-        the world size the model trains in. Its artifacts (confusion matrix, overlays) cover
-        the whole validation set, whatever the number of ranks it is split over.
+        evaluation before the last one (the run reports that one, with its files): iteration,
+        mIoU, mPixIoU, the mean training loss since the last one and the world size the model
+        trains in, with the checkpoint it evaluated. Its artifacts (confusion matrix, overlays)
+        cover the whole validation set, whatever the number of ranks it is split over.
 
         `training=False` (an evaluation of a checkpoint) keeps artifacts and reports nothing.
         """
@@ -352,10 +387,11 @@ def _study_hook_class():
         # Before mmengine's NORMAL hooks: the buffers are rank 0's before anything reads them.
         priority = "ABOVE_NORMAL"
 
-        def __init__(self, work_dir: str, report: Callable[[dict], None] | None,
-                     overlays: int, training: bool = True):
-            self.history_file = Path(work_dir) / HISTORY
-            self.report = report
+        def __init__(self, work_dir: str, reporter: Reporter | None, overlays: int,
+                     training: bool = True):
+            self.work_dir = Path(work_dir)
+            self.history_file = self.work_dir / HISTORY
+            self.reporter = reporter
             self.overlays = overlays
             self.training = training
             self.artifacts = None  # of the latest validation pass
@@ -413,8 +449,14 @@ def _study_hook_class():
             self.history.append(record)
             if is_main_process():
                 self._write_history()
-            if self.report is not None:
-                self.report({k: v for k, v in record.items() if k != "per_class"})
+            if self.reporter is not None and runner.iter < runner.max_iters:
+                # mmengine saved this iteration's checkpoint just before validating
+                saved = last_checkpoint(self.work_dir) if is_main_process() else None
+                self.reporter.evaluation(self.record(), saved)
+
+        def record(self) -> dict:
+            """The latest evaluation, without its per-class values."""
+            return {k: v for k, v in self.history[-1].items() if k != "per_class"}
 
         def _write_history(self) -> None:
             self.history_file.parent.mkdir(parents=True, exist_ok=True)
@@ -428,23 +470,29 @@ def _study_hook_class():
 
 # --- one run ------------------------------------------------------------------------------------
 
-def run(spec: RunSpec, report: Callable[[dict], None] | None = None) -> dict:
+def run(spec: RunSpec, reporter: Reporter | None = None) -> dict:
     """Train (or resume) one run and return its summary (also written to work_dir on rank 0).
 
-    `report` is called on every rank after every evaluation (the Ray trial passes
-    `ray.train.report`).
+    `reporter` (every rank has one) restores the run, and gets every evaluation and the final
+    files; the default keeps them in the work dir.
     """
     from mmengine.dist import get_world_size, is_distributed, is_main_process
 
+    reporter = reporter or Reporter()
     world_size = get_world_size() if is_distributed() else 1
+    work_dir = Path(spec.work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    done = reporter.restore(work_dir)
+    if done is not None:  # finished by an earlier attempt that did not live to say so
+        reporter.finished(done, None)
+        return done
     cfg = _prepare(spec, world_size)
-    Path(spec.work_dir).mkdir(parents=True, exist_ok=True)
     started = time.time()
     with isolated_mmengine_state():
         runner = _runner_class().from_cfg(cfg)
-        hook = _study_hook_class()(spec.work_dir, report, spec.overlays)
+        hook = _study_hook_class()(spec.work_dir, reporter, spec.overlays)
         runner.register_hook(hook)
-        resumed_from = _latest_iteration(spec.work_dir)
+        resumed_from = _latest_iteration(work_dir)
         runner.train()
         if hook.artifacts is None or hook.history[-1]["iteration"] != runner.iter:
             # Resumed at the end of the schedule (killed after the last checkpoint): the final
@@ -462,12 +510,12 @@ def run(spec: RunSpec, report: Callable[[dict], None] | None = None) -> dict:
                         for r in hook.history],
         }
         if is_main_process():
-            work_dir = Path(spec.work_dir)
             cfg.dump(str(work_dir / "config.py"))
             hook.artifacts.write(work_dir)  # from the final evaluation
             tmp = work_dir / (SUMMARY + ".tmp")
             tmp.write_text(json.dumps(summary, indent=2) + "\n")
             tmp.replace(work_dir / SUMMARY)  # written last: its presence means "finished"
+        reporter.finished(summary, work_dir if is_main_process() else None)
     return summary
 
 
@@ -503,11 +551,9 @@ def evaluate(spec: RunSpec, checkpoint: str) -> dict:
             "overlays": [name for name, _ in hook.artifacts.overlays()]}
 
 
-def _latest_iteration(work_dir: str) -> int:
-    pointer = Path(work_dir) / "last_checkpoint"
-    if not pointer.is_file():
-        return 0
-    name = Path(pointer.read_text().strip()).stem  # iter_<n>
+def _latest_iteration(work_dir: Path) -> int:
+    checkpoint = last_checkpoint(work_dir)
+    name = checkpoint.stem if checkpoint else ""  # iter_<n>
     return int(name.split("_")[-1]) if name.startswith("iter_") else 0
 
 

@@ -101,7 +101,7 @@ def test_a_two_worker_trial_evaluates_the_whole_validation_set(tmp_path, odd_val
     assert "world size 2" in done.stdout
     assert trial["effective_batch_size"] == 4  # 2 workers x 2 = the config's 1xb4
 
-    work = Path(trial["work_dir"])
+    work = Path(trial["storage"]) / "final"  # the trial's final checkpoint
     two_ranks = json.loads((work / "confusion_matrix.json").read_text())
     one = evaluate(RunSpec(config="mmseg_configs/fcn_r18-tiny-d8_1xb4-160_synthetic-voc-128x128"
                                   ".py", loss=trial["loss"], terms=trial["loss_terms"], seed=0,
@@ -135,10 +135,10 @@ def test_killing_the_driver_loses_no_finished_trial(tmp_path, tiny_data):
         start_new_session=True)
     storage = tmp_path / "sweeps" / "synthetic_voc"
     deadline = time.time() + 600
-    while not list(storage.glob("*/summary.json")):
+    while not list(storage.glob("*/final/summary.json")):
         assert driver.poll() is None and time.time() < deadline, "no trial finished"
         time.sleep(0.5)
-    (finished,) = [p.parent for p in storage.glob("*/summary.json")]
+    (finished,) = [p.parent for p in storage.glob("*/final/summary.json")]
     stamp = (finished / "summary.json").stat().st_mtime_ns
     driver.kill()  # kill -9 of the driver only; Ray's processes notice it is gone
     driver.wait()

@@ -1,0 +1,161 @@
+"""The dataset on every node a trial runs on, the exact version its key was computed from.
+
+Two sources (params.yaml `sweep.data.source`):
+
+- `path`: the trials read `<path>/<dataset>` (`sweep.data.path`, else `data.root`), a folder
+  that every node sees (the machine itself, or a shared mount on a cluster).
+- `dvc`: each node pulls the data stage's output, at the version dvc.lock records, from a DVC
+  remote (`dvc remote add`, e.g. on S3) into a node-local cache, once per node and version,
+  under a file lock. Credentials come from the nodes' environment (AWS_* variables), never
+  from the trial's config.
+
+Either way the trial compares the manifest's content hash with the one in its key before it
+trains, so a node that sees other data fails the trial by name instead of training on it.
+"""
+from __future__ import annotations
+
+import json
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from ..params import ParamsError
+
+SOURCES = ("path", "dvc")
+#: Remote options that may hold credentials: they stay in the nodes' own DVC/AWS settings.
+SECRET_OPTION = re.compile(r"key|secret|token|password|credential", re.IGNORECASE)
+
+
+class DatasetMismatch(RuntimeError):
+    """A node's dataset is not the version that the trial was keyed for."""
+
+
+@dataclass
+class DataSourceParams:
+    """params.yaml: sweep.data."""
+
+    source: str = "path"
+    path: str | None = None  # source 'path': a folder holding <dataset>/; null: data.root
+    remote: str | None = None  # source 'dvc': a remote of .dvc/config; null: its default
+    cache: str = "~/.cache/pixiou-repro/datasets"  # source 'dvc': node-local
+
+    def validate(self, where: str) -> None:
+        if self.source not in SOURCES:
+            raise ParamsError(f"params.yaml: {where}.source must be one of {SOURCES}, got "
+                              f"'{self.source}'")
+
+
+@dataclass(frozen=True)
+class DatasetVersion:
+    """What a trial needs to find its dataset on any node (it travels in the trial's config)."""
+
+    dataset: str
+    content_sha256: str  # manifest.json's: part of the trial key
+    source: str
+    path: str | None = None  # source 'path': the folder holding <dataset>/
+    dvc_md5: str | None = None  # source 'dvc': dvc.lock's hash of data/<dataset>
+    remote: dict | None = None  # source 'dvc': url and non-secret options of the remote
+    cache: str | None = None
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def locked_version(dataset: str, data_root: str, lock_file: Path = Path("dvc.lock")) -> str:
+    """dvc.lock's hash of the data stage's output `<data_root>/<dataset>`."""
+    if not lock_file.is_file():
+        raise ParamsError(f"sweep.data.source is 'dvc' but {lock_file} is missing: run "
+                          f"`dvc repro data@{dataset}` and `dvc push` first")
+    lock = yaml.safe_load(lock_file.read_text()) or {}
+    stage = lock.get("stages", {}).get(f"data@{dataset}", {})
+    for out in stage.get("outs", []):
+        if Path(out["path"]) == Path(data_root) / dataset:
+            return out["md5"]
+    raise ParamsError(f"{lock_file} records no output {Path(data_root) / dataset} of stage "
+                      f"data@{dataset}: run `dvc repro data@{dataset}` and `dvc push`")
+
+
+def remote_settings(name: str | None, repo_root: Path = Path(".")) -> dict:
+    """The DVC remote `name` (or the default one) of the project: its url and options, without
+    the ones that may hold credentials."""
+    from dvc.repo import Repo
+
+    config = Repo(str(repo_root), uninitialized=True).config
+    remotes = config.get("remote", {})
+    name = name or config.get("core", {}).get("remote")
+    if not name or name not in remotes:
+        known = ", ".join(remotes) or "none"
+        raise ParamsError(f"params.yaml: sweep.data.remote: no DVC remote "
+                          f"{'named ' + repr(name) if name else '(and no default)'} in "
+                          f".dvc/config (remotes: {known}); add one with `dvc remote add -d "
+                          f"storage s3://bucket/dvc`")
+    return {k: v for k, v in remotes[name].items() if not SECRET_OPTION.search(k)}
+
+
+def _manifest_hash(root: Path) -> str | None:
+    manifest = root / "manifest.json"
+    return json.loads(manifest.read_text())["content_sha256"] if manifest.is_file() else None
+
+
+def verify(folder: Path, version: DatasetVersion) -> Path:
+    """`folder` (a dataset) is the version of the trial key, or DatasetMismatch naming both."""
+    found = _manifest_hash(folder)
+    if found != version.content_sha256:
+        what = f"has content sha256 {found[:12]}" if found else "has no manifest.json"
+        raise DatasetMismatch(
+            f"node {socket.gethostname()}: {folder} {what}, but the trial was keyed for "
+            f"{version.dataset} {version.content_sha256[:12]}. The nodes do not see the same "
+            f"dataset: point sweep.data.path at a folder every node shares, or use "
+            f"sweep.data.source: dvc")
+    return folder
+
+
+def stage_from_remote(version: DatasetVersion) -> Path:
+    """Pull `version` from its DVC remote into this node's cache, once; the dataset folder.
+
+    A no-SCM DVC repo in the cache holds one `.dvc` file per version: DVC fetches and checks
+    out exactly that hash, verifying its objects, and a second trial on the node finds it done.
+    """
+    from filelock import FileLock
+
+    cache = Path(version.cache).expanduser()
+    folder = cache / f"{version.dataset}-{version.dvc_md5.removesuffix('.dir')}"
+    done = folder / ".complete"
+    cache.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if not done.is_file():
+            _pull(version, folder)
+            done.touch()
+    return folder / version.dataset
+
+
+def _pull(version: DatasetVersion, folder: Path) -> None:
+    from dvc.repo import Repo
+
+    if not (folder / ".dvc").is_dir():
+        folder.mkdir(parents=True, exist_ok=True)
+        Repo.init(str(folder), no_scm=True, force=True)
+    options = "".join(f"    {k} = {v}\n" for k, v in version.remote.items())
+    (folder / ".dvc" / "config").write_text(
+        "[core]\n    remote = origin\n    analytics = false\n    check_update = false\n"
+        f"['remote \"origin\"']\n{options}")
+    pointer = folder / f"{version.dataset}.dvc"
+    pointer.write_text(yaml.safe_dump({"outs": [{"md5": version.dvc_md5, "path": version.dataset,
+                                                 "hash": "md5"}]}))
+    try:
+        Repo(str(folder)).pull(targets=[str(pointer)])
+    except Exception as error:  # noqa: BLE001 - DVC's errors say what failed; add where
+        raise DatasetMismatch(f"node {socket.gethostname()}: could not pull {version.dataset} "
+                              f"{version.dvc_md5} from the DVC remote {version.remote.get('url')}"
+                              f" ({type(error).__name__}: {error}). Was it pushed (`dvc push`)?"
+                              ) from None
+
+
+def dataset_folder(version: DatasetVersion) -> Path:
+    """The verified dataset folder of `version` on this node (pulled first if from DVC)."""
+    if version.source == "dvc":
+        return verify(stage_from_remote(version), version)
+    return verify(Path(version.path) / version.dataset, version)

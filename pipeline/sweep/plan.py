@@ -1,0 +1,265 @@
+"""The sweep's plan: params.yaml's `sweep` section, the study it describes and its trials.
+
+Each trial is keyed by everything its numbers depend on (the run spec, the training code and
+configs, the dataset's content hash); its folder in the sweep's storage is named after it, so a
+trial that finished there is never trained again, whether the sweep was killed or params.yaml
+changed something else.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..params import ParamsError, load_params, lookup, parse_section
+from ..scaling import BatchPlan, plan_batch
+from ..tracking import TrackingParams
+from ..train import RunSpec, TrainParams
+from .datasets import DatasetVersion, DataSourceParams, locked_version, remote_settings
+from .storage import FINAL, Storage
+
+#: Files whose content decides a trial's numbers (with the configs and the dataset's hash).
+TRAINING_CODE = ("pipeline/train.py", "pipeline/artifacts.py", "pipeline/metrics.py",
+                 "pipeline/determinism.py", "pipeline/losses")
+CONFIGS = "mmseg_configs"
+STOPPED = "stopped.json"
+
+
+@dataclass
+class LRSearchParams:
+    """params.yaml: sweep.lr_search. samples > 0 adds that many log-uniform learning rates per
+    (loss, seed), and ASHA stops the trials that fall behind on mIoU."""
+
+    samples: int = 0
+    low: float = 1.0e-3
+    high: float = 3.0e-2
+    seed: int = 0
+    grace_period: int = 100
+    reduction_factor: int = 3
+
+    def validate(self, where: str) -> None:
+        if self.samples < 0:
+            raise ParamsError(f"params.yaml: {where}.samples must be >= 0, got {self.samples}")
+        if not 0 < self.low < self.high:
+            raise ParamsError(f"params.yaml: {where}: need 0 < low < high, got "
+                              f"low={self.low}, high={self.high}")
+        if self.grace_period < 1 or self.reduction_factor < 2:
+            raise ParamsError(f"params.yaml: {where}: grace_period must be >= 1 and "
+                              "reduction_factor >= 2")
+
+    def rates(self) -> list[float | None]:
+        if self.samples == 0:
+            return [None]
+        import numpy as np
+
+        draws = np.random.default_rng(self.seed).uniform(math.log(self.low),
+                                                         math.log(self.high), self.samples)
+        return [float(f"{math.exp(x):.3g}") for x in draws]
+
+
+@dataclass
+class SweepParams:
+    """params.yaml: sweep."""
+
+    losses: list[str]
+    seeds: list[int]
+    gpus_per_trial: int = 0
+    cpu_workers_per_trial: int = 1
+    cpus_per_worker: int = 1
+    max_concurrent_trials: int | None = None
+    max_failures: int = 1
+    scale_lr: bool = False
+    storage: str = "work_dirs/sweeps"  # a path, or an object store URI (s3://bucket/prefix)
+    data: DataSourceParams = field(default_factory=DataSourceParams)
+    lr_search: LRSearchParams = field(default_factory=LRSearchParams)
+
+    def validate(self, where: str) -> None:
+        if not self.losses:
+            raise ParamsError(f"params.yaml: {where}.losses is empty")
+        if len(set(self.losses)) != len(self.losses):
+            raise ParamsError(f"params.yaml: {where}.losses has duplicates: {self.losses}")
+        if not self.seeds:
+            raise ParamsError(f"params.yaml: {where}.seeds is empty")
+        for i, seed in enumerate(self.seeds):
+            if seed < 0:
+                raise ParamsError(f"params.yaml: {where}.seeds[{i}] must be >= 0, got {seed}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ParamsError(f"params.yaml: {where}.seeds has duplicates: {self.seeds}")
+        if self.gpus_per_trial < 0:
+            raise ParamsError(f"params.yaml: {where}.gpus_per_trial must be >= 0")
+        if self.max_failures < -1:
+            raise ParamsError(f"params.yaml: {where}.max_failures must be >= 0, or -1 to retry "
+                              f"a crashed trial forever (Tune's convention), got "
+                              f"{self.max_failures}")
+        for key in ("cpu_workers_per_trial", "cpus_per_worker"):
+            if getattr(self, key) < 1:
+                raise ParamsError(f"params.yaml: {where}.{key} must be >= 1")
+        if self.max_concurrent_trials is not None and self.max_concurrent_trials < 1:
+            raise ParamsError(f"params.yaml: {where}.max_concurrent_trials must be >= 1 or null")
+
+    @property
+    def workers(self) -> int:
+        return self.gpus_per_trial or self.cpu_workers_per_trial
+
+    @property
+    def use_gpu(self) -> bool:
+        return self.gpus_per_trial > 0
+
+    def resources_per_trial(self) -> dict[str, int]:
+        """What a trial's workers hold, all on one node (STRICT_PACK)."""
+        return {"CPU": self.workers * self.cpus_per_worker, "GPU": self.gpus_per_trial}
+
+
+@dataclass(frozen=True)
+class Trial:
+    dataset: str
+    key: str
+    name: str
+    spec: RunSpec
+    batch: BatchPlan
+
+    @property
+    def folder(self) -> tuple[str, str]:
+        """Its folder in the sweep's storage (Ray Train's run folder of the trial)."""
+        return (self.dataset, self.name)
+
+    def summary(self, storage: Storage) -> dict | None:
+        """The final summary, once the trial has finished."""
+        return storage.read_json(*self.folder, FINAL, "summary.json")
+
+    def stopped(self, storage: Storage) -> dict | None:
+        """What the trial had reached when ASHA stopped it."""
+        return storage.read_json(*self.folder, STOPPED)
+
+    def state(self, storage: Storage) -> str:
+        """finished / stopped (by ASHA) / pending, from what the storage holds."""
+        if storage.exists(*self.folder, FINAL, "summary.json"):
+            return "finished"
+        return "stopped" if storage.exists(*self.folder, STOPPED) else "pending"
+
+
+@dataclass
+class Study:
+    """Everything the stage reads from params.yaml, checked before Ray or MLflow start."""
+
+    dataset: str
+    train: TrainParams
+    sweep: SweepParams
+    tracking: TrackingParams
+    config: str
+    data: DatasetVersion
+    storage: Storage
+    config_batch: int  # train_dataloader.batch_size of the config
+    config_lr: float  # optim_wrapper.optimizer.lr of the config
+
+    @property
+    def data_hash(self) -> str:
+        return self.data.content_sha256
+
+
+def load_study(dataset: str, params_file: Path | str = "params.yaml",
+               on_cluster: bool = False) -> Study:
+    params = load_params(params_file)
+    datasets = lookup(params, "study.datasets")
+    if dataset not in datasets:
+        raise ParamsError(f"unknown dataset '{dataset}': params.yaml study.datasets is "
+                          f"{datasets}")
+    train = parse_section(TrainParams, lookup(params, "train"), "train")
+    sweep = parse_section(SweepParams, lookup(params, "sweep"), "sweep")
+    tracking = parse_section(TrackingParams, params.get("tracking", {}), "tracking")
+    for i, loss in enumerate(sweep.losses):
+        train.terms_of(loss, f"params.yaml: sweep.losses[{i}]")
+    config = train.config_for(dataset)
+    storage = Storage.parse(sweep.storage, on_cluster)
+    data = dataset_version(dataset, lookup(params, "data.root"), sweep.data)
+    return Study(dataset, train, sweep, tracking, config, data, storage,
+                 *config_batch_and_lr(config))
+
+
+def dataset_version(dataset: str, data_root: str, source: DataSourceParams) -> DatasetVersion:
+    """The dataset version the trials are keyed for and where the nodes find it.
+
+    The content hash comes from the data stage's manifest on this machine; with the 'dvc'
+    source and no local copy (a driver inside `ray job submit`), from this node's pull of the
+    version dvc.lock names.
+    """
+    from .datasets import stage_from_remote
+
+    if source.source == "path":
+        folder = Path(source.path or data_root).expanduser().resolve()
+        manifest = folder / dataset / "manifest.json"
+        if not manifest.is_file():
+            hint = (f"build the dataset first (dvc repro data@{dataset})" if source.path is None
+                    else "sweep.data.path must hold the datasets the data stage built")
+            raise ParamsError(f"{manifest} is missing: {hint}")
+        return DatasetVersion(dataset, json.loads(manifest.read_text())["content_sha256"],
+                              "path", path=str(folder))
+    version = DatasetVersion(dataset, "", "dvc", dvc_md5=locked_version(dataset, data_root),
+                             remote=remote_settings(source.remote), cache=source.cache)
+    local = Path(data_root) / dataset / "manifest.json"
+    folder = local.parent if local.is_file() else stage_from_remote(version)
+    content = json.loads((folder / "manifest.json").read_text())["content_sha256"]
+    return DatasetVersion(**{**version.to_dict(), "content_sha256": content})
+
+
+def config_batch_and_lr(config: str) -> tuple[int, float]:
+    """The batch per GPU and the learning rate an mmseg config trains with."""
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(config, import_custom_modules=False)
+    return int(cfg.train_dataloader.batch_size), float(cfg.optim_wrapper.optimizer.lr)
+
+
+
+def _fingerprint(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(str(path).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def code_fingerprint() -> str:
+    files = []
+    for entry in (*TRAINING_CODE, CONFIGS):
+        path = Path(entry)
+        files.extend(sorted(path.rglob("*.py")) if path.is_dir() else [path])
+    return _fingerprint(files)
+
+
+def plan_trials(study: Study) -> list[Trial]:
+    """The grid: losses x seeds x learning rates, each with its key and name.
+
+    The spec's work dir and data root are the node's: the trial sets them where it runs."""
+    code = code_fingerprint()
+    trials = []
+    for loss in study.sweep.losses:
+        for seed in study.sweep.seeds:
+            for sampled in study.sweep.lr_search.rates():
+                lr = sampled if sampled is not None else study.train.lr
+                batch = plan_batch(study.config, study.config_batch, study.config_lr,
+                                   study.sweep.workers, study.train.batch_size, lr,
+                                   study.sweep.scale_lr)
+                spec = RunSpec(
+                    config=study.config, loss=loss, terms=study.train.losses[loss], seed=seed,
+                    work_dir="", lr=batch.lr if batch.scaled else lr,
+                    iterations=study.train.iterations, val_interval=study.train.val_interval,
+                    batch_size=study.train.batch_size, deterministic=study.train.deterministic,
+                    overlays=study.train.overlays,
+                    threads=None if study.sweep.use_gpu else study.sweep.cpus_per_worker)
+                identity = {**spec.to_dict(), "work_dir": None, "data_root": None,
+                            "workers": study.sweep.workers, "gpu": study.sweep.use_gpu,
+                            "data": study.data_hash, "code": code}
+                key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+                searched = f"_lr{sampled:g}" if sampled is not None else ""
+                name = f"{loss}_seed{seed}{searched}_{key[:8]}"
+                trials.append(Trial(study.dataset, key, name, spec, batch))
+    return trials
+
+
+def sweep_key(trials: list[Trial]) -> str:
+    return hashlib.sha256(" ".join(t.key for t in trials).encode()).hexdigest()
+
+

@@ -1,0 +1,71 @@
+"""The stage's output, `results/<dataset>.json`: one record per trial, finished, stopped or
+failed, from what the sweep's storage holds and what Ray reported. A copy goes to the storage
+(`<storage>/<dataset>/results.json`), so a sweep run as a Ray job can be fetched back:
+
+    python -m pipeline.sweep synthetic_voc --fetch
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .plan import Study, Trial
+from .storage import Storage
+
+RESULTS_DIR = Path("results")
+RESULTS = "results.json"
+
+
+def trial_record(study: Study, trial: Trial, *, summary: dict | None, stopped: dict | None,
+                 error: str | None, history: list[dict], nodes: list[str] | None,
+                 run_id: str | None) -> dict:
+    spec = trial.spec
+    record = {"trial": trial.name, "key": trial.key, "dataset": study.dataset,
+              "loss": spec.loss, "loss_terms": spec.terms, "seed": spec.seed, "lr": spec.lr,
+              "config": Path(spec.config).stem, "iterations": spec.iterations,
+              "batch_size": spec.batch_size, "workers": study.sweep.workers,
+              "effective_batch_size": trial.batch.effective_batch,
+              "effective_lr": trial.batch.lr, "nodes": nodes,
+              "storage": study.storage.uri_of(*trial.folder), "mlflow_run_id": run_id}
+    if summary is not None:
+        record.update(status="finished", error=None, mIoU=summary["mIoU"],
+                      mPixIoU=summary["mPixIoU"], per_class=summary["per_class"],
+                      history=summary["history"], iterations=summary["iterations"],
+                      world_size=summary["world_size"], wall_time_s=summary["wall_time_s"])
+    elif stopped is not None:
+        record.update(status="stopped", error=None, mIoU=stopped.get("mIoU"),
+                      mPixIoU=stopped.get("mPixIoU"), per_class=None,
+                      history=stopped.get("history", []), world_size=None, wall_time_s=None)
+    else:
+        record.update(status="failed", error=error or "did not finish", mIoU=None,
+                      mPixIoU=None, per_class=None, history=history, world_size=None,
+                      wall_time_s=None)
+    return record
+
+
+def write_results(study: Study, records: list[dict], parent_id: str | None,
+                  results_dir: Path) -> dict:
+    """results/<dataset>.json, renamed into place whole; the same in the sweep's storage."""
+    results = {"dataset": study.dataset, "config": Path(study.config).stem,
+               "data_hash": study.data_hash, "storage": study.storage.uri_of(study.dataset),
+               "mlflow_parent_run_id": parent_id, "trials": records}
+    study.storage.write_json(results, study.dataset, RESULTS)
+    _write_local(results, results_dir / f"{study.dataset}.json")
+    return results
+
+
+def fetch_results(storage: Storage, dataset: str, results_dir: Path) -> Path:
+    """Bring the storage's results of `dataset` to results/<dataset>.json."""
+    results = storage.read_json(dataset, RESULTS)
+    if results is None:
+        raise FileNotFoundError(f"{storage.uri_of(dataset, RESULTS)}: no results there yet "
+                                "(has the sweep of this dataset finished?)")
+    return _write_local(results, results_dir / f"{dataset}.json")
+
+
+def _write_local(results: dict, out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    tmp.replace(out)
+    return out

@@ -1,0 +1,103 @@
+"""Where a sweep keeps its trials: a local path or an object store, behind one filesystem.
+
+`sweep.storage` is either a path (made absolute; on a cluster it must be a mount every node
+shares) or a URI that pyarrow understands (`s3://bucket/prefix`, `gs://...`; S3-compatible
+servers through the standard AWS_ENDPOINT_URL). Ray Train writes the trials' checkpoints there
+(`RunConfig(storage_path=..., storage_filesystem=...)`) and the sweep reads them back through
+the same pyarrow filesystem; nothing in the sweep builds storage paths from strings elsewhere.
+
+    <storage>/<dataset>/<trial>/iter_<n>/        Ray Train checkpoints: weights + history
+    <storage>/<dataset>/<trial>/final/           the last one: summary, artifacts, weights
+    <storage>/<dataset>/<trial>/stopped.json     a trial that ASHA stopped
+    <storage>/<dataset>/results.json             the stage's results (for `--fetch`)
+"""
+from __future__ import annotations
+
+import json
+import posixpath
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..params import ParamsError
+
+#: The final checkpoint's folder name: its summary.json means "finished".
+FINAL = "final"
+
+
+@dataclass(frozen=True)
+class Storage:
+    """A folder of a pyarrow filesystem: `root` is a path inside `fs` ("bucket/prefix")."""
+
+    uri: str
+    fs: object  # pyarrow.fs.FileSystem
+    root: str
+
+    @classmethod
+    def parse(cls, text: str, on_cluster: bool = False) -> Storage:
+        """`sweep.storage` as a Storage; a local path must exist on a cluster (a shared mount
+        the sweep cannot create on every node)."""
+        import pyarrow.fs as pafs
+
+        if "://" in text:
+            try:
+                fs, root = pafs.FileSystem.from_uri(text)
+            except Exception as error:  # noqa: BLE001 - pyarrow's errors vary by scheme
+                raise ParamsError(f"params.yaml: sweep.storage: {text} is not a storage URI "
+                                  f"pyarrow can open ({type(error).__name__}: {error})") from None
+            return cls(text.rstrip("/"), fs, root.rstrip("/"))
+        path = Path(text).expanduser().resolve()
+        if on_cluster and not path.is_dir():
+            raise ParamsError(f"params.yaml: sweep.storage: {path} does not exist. On a Ray "
+                              "cluster it must be a folder every node mounts (or an object "
+                              "store URI such as s3://bucket/study)")
+        return cls(str(path), pafs.LocalFileSystem(), str(path))
+
+    @property
+    def is_local(self) -> bool:
+        return "://" not in self.uri
+
+    def path(self, *parts: str) -> str:
+        """A path inside `fs` (what Ray's storage_path and pyarrow calls take)."""
+        return posixpath.join(self.root, *parts)
+
+    def uri_of(self, *parts: str) -> str:
+        """What a person pastes into a shell or a browser for that path."""
+        return posixpath.join(self.uri, *parts) if parts else self.uri
+
+    def exists(self, *parts: str) -> bool:
+        import pyarrow.fs as pafs
+
+        return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
+
+    def read_json(self, *parts: str) -> dict | None:
+        if not self.exists(*parts):
+            return None
+        with self.fs.open_input_stream(self.path(*parts)) as stream:
+            return json.loads(stream.read().decode())
+
+    def write_json(self, data: dict, *parts: str) -> None:
+        """Written whole: object stores replace an object at once; a local file is renamed in."""
+        self.fs.create_dir(posixpath.dirname(self.path(*parts)), recursive=True)
+        text = (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
+        target = self.path(*parts)
+        staging = target + ".tmp" if self.is_local else target
+        with self.fs.open_output_stream(staging) as stream:
+            stream.write(text)
+        if staging != target:
+            self.fs.move(staging, target)
+
+    def download(self, local: Path, *parts: str) -> Path:
+        """Copy a folder of the storage to `local` (created)."""
+        import pyarrow.fs as pafs
+
+        local.mkdir(parents=True, exist_ok=True)
+        pafs.copy_files(self.path(*parts), str(local.resolve()), source_filesystem=self.fs,
+                        destination_filesystem=pafs.LocalFileSystem())
+        return local
+
+    def upload(self, local: Path, *parts: str) -> None:
+        import pyarrow.fs as pafs
+
+        self.fs.create_dir(self.path(*parts), recursive=True)
+        pafs.copy_files(str(local.resolve()), self.path(*parts),
+                        source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs)
