@@ -13,6 +13,7 @@ before it leaves, so credentials never reach params, tags or error messages.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import subprocess
@@ -122,11 +123,12 @@ class Tracker:
                 "--artifacts-destination s3://...`, see docs/cluster.md) and submit with "
                 "`--runtime-env-json '{\"env_vars\": {\"MLFLOW_TRACKING_URI\": "
                 "\"http://<server>:5000\"}}'`")
-        quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-                 "MLFLOW_HTTP_REQUEST_TIMEOUT": str(self.params.timeout_seconds)}
-        saved = {name: os.environ.get(name) for name in quick}
+        saved_retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
         if self.uri.startswith(("http://", "https://")):
-            os.environ.update({k: v for k, v in quick.items() if saved[k] is None})
+            # MLflow reads whole seconds; every request of the sweep waits at most this long
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT",
+                                  str(math.ceil(self.params.timeout_seconds)))
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         try:
             self.experiment_id()
         except Exception as error:  # noqa: BLE001 - any failure: the store cannot be used
@@ -137,9 +139,8 @@ class Tracker:
             raise TrackingError(f"MLflow tracking store {redact(self.uri, self.secrets)} is "
                                 f"not usable: {message[:300]}; {hint}") from None
         finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
+            if saved_retries is None:
+                os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)
 
     def experiment_id(self) -> str:
         if self._experiment_id is None:

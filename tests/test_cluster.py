@@ -85,6 +85,9 @@ def test_a_trials_workers_share_one_node_of_the_cluster(tmp_path, tiny_data, two
 
     two_workers = study_params(tmp_path, tiny_data, train=dict(batch_size=2),
                                sweep=dict(losses=["ce"], cpu_workers_per_trial=2))
+    with pytest.raises(ParamsError, match="must be a folder every node mounts"):
+        run_sweep("synthetic_voc", two_workers, tmp_path / "results")  # no such folder
+    (tmp_path / "sweeps").mkdir()  # on this one machine, every node sees it
     results = run_sweep("synthetic_voc", two_workers, tmp_path / "results")
     (trial,) = results["trials"]
     assert trial["status"] == "finished" and trial["world_size"] == 2

@@ -1,9 +1,9 @@
 """The sweep through a real Ray runtime and a real MLflow store: results, tracking, DDP, crash
-recovery, `ray job submit`, and bad study parameters failing before Ray starts."""
+recovery, and bad study parameters failing before Ray starts (`ray job submit`, S3 storage and
+a tracking server: tests/test_cluster_storage.py)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -193,38 +193,6 @@ def test_a_learning_rate_search_runs_under_asha(tmp_path, tiny_data):
     for trial in trials:
         assert status[trial["mlflow_run_id"]] == ("FINISHED" if trial["status"] == "finished"
                                                   else "KILLED")
-
-
-def test_ray_job_submit_runs_a_sweep_on_a_started_cluster(tmp_path, tiny_data):
-    params = study_params(tmp_path, tiny_data, sweep=dict(losses=["ce"]))
-    ray = str(Path(sys.executable).with_name("ray"))
-    gcs, dashboard = free_port(), free_port()
-    env = {**os.environ, "RAY_ADDRESS": ""}
-    subprocess.run([ray, "start", "--head", "--node-ip-address", "127.0.0.1",
-                    "--port", str(gcs), "--num-cpus", "2", "--include-dashboard", "true",
-                    "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
-                    "--disable-usage-stats"], check=True, capture_output=True, env=env,
-                   timeout=180)
-    try:
-        deadline = time.time() + 120
-        while True:
-            job = subprocess.run(
-                [ray, "job", "submit", "--address", f"http://127.0.0.1:{dashboard}",
-                 "--working-dir", ".", "--", sys.executable, "-m", "pipeline.sweep",
-                 "synthetic_voc", "--params", str(params), "--results-dir",
-                 str(tmp_path / "results")],
-                cwd=ROOT, capture_output=True, text=True, timeout=600,
-                env={**env, "RAY_AUTH_MODE": "token"})  # the cluster's token, from ~/.ray
-            # The job agent comes up some seconds after `ray start` returns.
-            if "No available agent" not in job.stderr or time.time() > deadline:
-                break
-            time.sleep(2)
-        assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
-        assert "succeeded" in job.stdout
-        (trial,) = json.loads((tmp_path / "results" / "synthetic_voc.json").read_text())["trials"]
-        assert trial["status"] == "finished"
-    finally:
-        subprocess.run([ray, "stop", "--force"], capture_output=True, env=env, timeout=120)
 
 
 @pytest.mark.parametrize("sections,message", [

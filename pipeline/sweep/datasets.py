@@ -84,8 +84,14 @@ def remote_settings(name: str | None, repo_root: Path = Path(".")) -> dict:
     from dvc.repo import Repo
 
     config = Repo(str(repo_root), uninitialized=True).config
-    remotes = config.get("remote", {})
-    name = name or config.get("core", {}).get("remote")
+    # What the project's config files say (not DVC's defaults), the local file over the repo's.
+    remotes, core = {}, {}
+    for level in ("repo", "local"):
+        written = config.read(level)
+        core.update(written.get("core", {}))
+        for name, options in written.get("remote", {}).items():
+            remotes.setdefault(name, {}).update(options)
+    name = name or core.get("remote")
     if not name or name not in remotes:
         known = ", ".join(remotes) or "none"
         raise ParamsError(f"params.yaml: sweep.data.remote: no DVC remote "
@@ -138,9 +144,13 @@ def _pull(version: DatasetVersion, folder: Path) -> None:
     if not (folder / ".dvc").is_dir():
         folder.mkdir(parents=True, exist_ok=True)
         Repo.init(str(folder), no_scm=True, force=True)
-    options = "".join(f"    {k} = {v}\n" for k, v in version.remote.items())
+    # verify: DVC recomputes the hash of every object it pulls
+    remote = {**version.remote, "verify": "true"}
+    options = "".join(f"    {k} = {str(v).lower() if isinstance(v, bool) else v}\n"
+                      for k, v in remote.items())
     (folder / ".dvc" / "config").write_text(
-        "[core]\n    remote = origin\n    analytics = false\n    check_update = false\n"
+        "[core]\n    no_scm = true\n    remote = origin\n    analytics = false\n"
+        "    check_update = false\n"
         f"['remote \"origin\"']\n{options}")
     pointer = folder / f"{version.dataset}.dvc"
     pointer.write_text(yaml.safe_dump({"outs": [{"md5": version.dvc_md5, "path": version.dataset,

@@ -139,8 +139,8 @@ def test_the_ui_listens_only_on_127_0_0_1(ui, covered):
 def test_the_ray_dashboard_listens_only_on_127_0_0_1(tmp_path, covered):
     # The sweep's own local Ray starts no dashboard at all...
     probe = subprocess.run(
-        [sys.executable, "-c", "from pipeline.sweep import SweepParams, _init_ray\n"
-         "import ray\n_init_ray(SweepParams(losses=['ce'], seeds=[0]), deterministic=True)\n"
+        [sys.executable, "-c", "from pipeline.sweep import SweepParams, init_ray\n"
+         "import ray\ninit_ray(SweepParams(losses=['ce'], seeds=[0]), deterministic=True)\n"
          "print('webui', repr(ray.get_runtime_context().gcs_address and "
          "ray._private.worker.global_worker.node.address_info.get('webui_url')))\n"
          "ray.shutdown()"],

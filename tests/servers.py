@@ -1,0 +1,161 @@
+"""Servers the cluster tests start on 127.0.0.1 and stop by the process group they started:
+an S3 API (moto), PostgreSQL (a throwaway cluster under a temp dir), an MLflow tracking server
+on both, and a multi-node Ray cluster (`python -m tests.ray_loopback cluster`)."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.conftest import free_port
+
+BIN = Path(sys.executable).parent
+PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"))), None)
+
+
+def stop(process: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM to the process group we started, SIGKILL if it lingers."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def start(args: list[str], ready: Callable[[], bool], log: Path, env: dict | None = None,
+          timeout: float = 120, cwd: Path | None = None) -> subprocess.Popen:
+    """`args` in a session of its own, output to `log`; returns once `ready()` holds."""
+    with open(log, "ab") as out:
+        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
+                                   env={**os.environ, **(env or {})}, start_new_session=True)
+    deadline = time.time() + timeout
+    while not ready():
+        if process.poll() is not None or time.time() > deadline:
+            stop(process)
+            raise RuntimeError(f"{args[0]} did not come up: {log.read_text()[-3000:]}")
+        time.sleep(0.5)
+    return process
+
+
+def answers(url: str) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.status < 500
+        except (urllib.error.URLError, ConnectionError, OSError):
+            return False
+    return check
+
+
+@contextmanager
+def s3_server(tmp: Path, bucket: str = "study") -> Iterator[dict]:
+    """moto's S3 API; yields the environment that points boto3, pyarrow, DVC and MLflow at it."""
+    import boto3
+
+    port = free_port()
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "MLFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    server = start([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                   answers(f"http://127.0.0.1:{port}/moto-api/"), tmp / "moto.log")
+    try:
+        client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"],
+                              aws_access_key_id="testing", aws_secret_access_key="testing",
+                              region_name="us-east-1")
+        client.create_bucket(Bucket=bucket)
+        yield {**env, "client": client, "bucket": bucket}
+    finally:
+        stop(server)
+
+
+def _as_postgres(args: list[str]) -> list[str]:
+    # initdb and postgres refuse to run as root: as root, run them as Debian's postgres user.
+    return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
+
+
+@contextmanager
+def postgres_server() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster on 127.0.0.1, in a temp dir of its own (readable by the
+    postgres user when we are root); yields the URI of its database 'mlflow'."""
+    import psycopg
+
+    assert PG_BIN is not None, "PostgreSQL is not installed (apt-get install postgresql)"
+    home = Path(tempfile.mkdtemp(prefix="pixiou-pg-"))
+    data = home / "data"
+    data.mkdir()
+    if os.geteuid() == 0:
+        for path in (home, data):
+            shutil.chown(path, "postgres")
+    subprocess.run(_as_postgres([str(PG_BIN / "initdb"), "-D", str(data), "-U", "mlflow",
+                                 "--auth=trust"]), check=True, capture_output=True)
+    port = free_port()
+
+    def ready() -> bool:
+        try:
+            psycopg.connect(host="127.0.0.1", port=port, user="mlflow",
+                             dbname="postgres").close()
+            return True
+        except psycopg.OperationalError:
+            return False
+
+    log = Path(tempfile.mkdtemp(prefix="pixiou-pg-log-")) / "postgres.log"
+    server = start(_as_postgres([str(PG_BIN / "postgres"), "-D", str(data), "-h", "127.0.0.1",
+                                 "-p", str(port), "-k", str(home)]), ready, log)
+    try:
+        with psycopg.connect(host="127.0.0.1", port=port, user="mlflow", dbname="postgres",
+                             autocommit=True) as connection:
+            connection.execute("CREATE DATABASE mlflow")
+        yield f"postgresql://mlflow@127.0.0.1:{port}/mlflow"
+    finally:
+        stop(server)
+        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(log.parent, ignore_errors=True)
+
+
+class MlflowServer:
+    """`mlflow server` with its store on PostgreSQL and its artifacts on S3; can be stopped and
+    started again on the same port (an outage)."""
+
+    def __init__(self, tmp: Path, backend: str, artifacts: str, env: dict):
+        self.tmp, self.backend, self.artifacts, self.env = tmp, backend, artifacts, env
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = start(
+            [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
+             "--backend-store-uri", self.backend, "--artifacts-destination", self.artifacts,
+             "--workers", "1"],
+            answers(f"{self.url}/health"), self.tmp / "mlflow-server.log", env=self.env,
+            timeout=180)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop(self.process)
+
+
+@contextmanager
+def ray_cluster(tmp: Path, nodes: list[int], env: dict) -> Iterator[tuple[str, list[str]]]:
+    """A Ray cluster of len(nodes) nodes with those CPUs, hosted by a process of its own on
+    127.0.0.1; yields its address and node ids (head first)."""
+    out = tmp / "ray-cluster.txt"
+    host = start([sys.executable, "-m", "tests.ray_loopback", "cluster", str(out),
+                  *map(str, nodes)], out.exists, tmp / "ray-cluster.log", env=env,
+                 timeout=240, cwd=Path(__file__).resolve().parents[1])
+    try:
+        address, *node_ids = out.read_text().split()
+        yield address, node_ids
+    finally:
+        stop(host, timeout=60)
