@@ -28,7 +28,7 @@ from pathlib import Path
 
 from ..params import ParamsError, load_params, lookup, parse_section
 from . import figures
-from .compare import ClaimParams, LossRow, check_claim, loss_rows
+from .compare import ClaimParams, LossRow, check_claim, correct_for_family, loss_rows
 from .gradients import COLUMNS, gradient_study, summary_rows
 from .published import PublishedError, find, load_published
 from .results import FINISHED, METRICS, MISSING, DatasetResults, ResultsError, load_results
@@ -100,11 +100,12 @@ def build(params_file: Path | str = "params.yaml") -> tuple[ReportParams, Report
                                   next(iter(iterations)) if len(iterations) == 1 else None,
                                   row.terms, "mIoU") for row in rows}
         tables = [dataset_table(results, rows, report.baselines, matches, report.confidence),
-                  per_class_table(results, rows)]
+                  per_class_table(results, rows, "IoU"), per_class_table(results, rows, "PixIoU")]
         md += [markdown(t) for t in tables]
         tex += [latex(t) for t in tables]
         claims += [check_claim(c, results, report.confidence) for c in report.claims]
         studies.append((results, rows))
+    claims = correct_for_family(claims)
     points = gradient_study()
     front = [claims_table(claims, report.confidence), gradient_table(summary_rows(points))]
     metrics = _metrics(studies, claims)
@@ -204,7 +205,8 @@ def _metrics(studies, claims) -> dict:
             f"{c.claim.better}_vs_{c.claim.worse}_{c.claim.metric}"] = {
             "delta": _rounded(d.mean if d else None), "ci_low": _rounded(d.low if d else None),
             "ci_high": _rounded(d.high if d else None), "seeds": d.n if d else 0,
-            "verdict": c.verdict}
+            "p_value": _rounded(d.p_value if d else None), "p_holm": _rounded(c.adjusted_p),
+            "family": c.family, "verdict": c.verdict}
     return metrics
 
 
