@@ -1,6 +1,6 @@
 """Servers the cluster tests start on 127.0.0.1 and stop by the process group they started:
 an S3 API (moto), PostgreSQL (a throwaway cluster under a temp dir), an MLflow tracking server
-on both, and a multi-node Ray cluster (`python -m tests.ray_loopback cluster`)."""
+on both, and a multi-node Ray cluster (tests/ray_cluster_host.py)."""
 from __future__ import annotations
 
 import os
@@ -19,6 +19,9 @@ from pathlib import Path
 from tests.conftest import free_port
 
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[1]
+#: The environment of a process that joins the tests' 127.0.0.1 Ray cluster.
+LOOPBACK = {"PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "loopback"), str(ROOT)])}
 PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"))), None)
 
 
@@ -151,9 +154,9 @@ def ray_cluster(tmp: Path, nodes: list[int], env: dict) -> Iterator[tuple[str, l
     """A Ray cluster of len(nodes) nodes with those CPUs, hosted by a process of its own on
     127.0.0.1; yields its address and node ids (head first)."""
     out = tmp / "ray-cluster.txt"
-    host = start([sys.executable, "-m", "tests.ray_loopback", "cluster", str(out),
-                  *map(str, nodes)], out.exists, tmp / "ray-cluster.log", env=env,
-                 timeout=240, cwd=Path(__file__).resolve().parents[1])
+    host = start([sys.executable, "-m", "tests.ray_cluster_host", str(out), *map(str, nodes)],
+                 out.exists, tmp / "ray-cluster.log", env={**env, **LOOPBACK}, timeout=240,
+                 cwd=ROOT)
     try:
         address, *node_ids = out.read_text().split()
         yield address, node_ids

@@ -16,7 +16,15 @@ import pytest
 import yaml
 
 from tests.conftest import GIT, ROOT, TINY_DATA, dvc, free_port, project_copy, study_params
-from tests.servers import MlflowServer, postgres_server, ray_cluster, s3_server, start, stop
+from tests.servers import (
+    LOOPBACK,
+    MlflowServer,
+    postgres_server,
+    ray_cluster,
+    s3_server,
+    start,
+    stop,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -70,13 +78,18 @@ def children(stack, experiment: str = "pixiou-study") -> list[dict]:
     return [dict(run, tags=tags) for run, tags in tagged if "mlflow.parentRunId" in tags]
 
 
+def cluster_env(stack) -> dict:
+    """What a driver on a login node sets: the cluster, the tracking server, the S3 endpoint
+    (and, for the test cluster's 127.0.0.1, tests/loopback)."""
+    return {**os.environ, **stack["env"], **LOOPBACK, "RAY_ADDRESS": stack["address"],
+            "MLFLOW_TRACKING_URI": stack["tracking"].url}
+
+
 def driver(stack, params: Path, results: Path, cwd: Path = ROOT, **popen):
-    """The sweep's driver, joining the test cluster (over 127.0.0.1: tests/ray_loopback.py)."""
-    env = {**os.environ, **stack["env"], "RAY_ADDRESS": stack["address"],
-           "MLFLOW_TRACKING_URI": stack["tracking"].url}
-    args = [sys.executable, "-m", "tests.ray_loopback", "run", "pipeline.sweep", "synthetic_voc",
-            "--params", str(params), "--results-dir", str(results)]
-    env["PYTHONPATH"] = str(ROOT)  # tests.ray_loopback, from a project copy too
+    """`python -m pipeline.sweep synthetic_voc`, the sweep's driver, joining the cluster."""
+    env = cluster_env(stack)
+    args = [sys.executable, "-m", "pipeline.sweep", "synthetic_voc", "--params", str(params),
+            "--results-dir", str(results)]
     if popen:
         return subprocess.Popen(args, cwd=cwd, env=env, start_new_session=True, **popen)
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
@@ -296,3 +309,25 @@ def test_ray_job_submit_keeps_its_results_in_the_storage_and_mlflow(tmp_path, ti
     assert f"{trial['mIoU']:.2f}" in (project / "reports" / "tables.md").read_text()
     run = rest(stack, f"runs/get?run_id={trial['mlflow_run_id']}")["run"]
     assert run["info"]["status"] == "FINISHED"
+
+
+def test_dvc_repro_on_a_login_node_runs_the_study_on_the_cluster(tmp_path, stack):
+    """Way (a) of docs/cluster.md: `dvc repro` where the repository is, RAY_ADDRESS set; the
+    trials run on the cluster and keep their state in S3, the outputs land here."""
+    def edit(params):
+        _tiny_study(params)
+        params["train"].update(iterations=4, val_interval=2)
+        params["sweep"].update(losses=["ce", "lovasz"], seeds=[0], storage="s3://study/repro")
+        params["report"]["claims"] = [{"better": "lovasz", "worse": "ce", "metric": "mIoU",
+                                       "source": "Berman et al. 2018"}]
+    project = project_copy(tmp_path / "project", edit)
+    env = cluster_env(stack)
+    dvc(project, "repro", env=env, check=True, timeout=1200)
+    results = json.loads((project / "results" / "synthetic_voc.json").read_text())
+    assert [t["status"] for t in results["trials"]] == ["finished", "finished"]
+    names = {t["trial"] for t in results["trials"]}
+    assert {k.split("/")[2] for k in objects(stack, "repro/synthetic_voc/")
+            if k.endswith("/final/summary.json")} == names
+    assert (project / "reports" / "tables.md").is_file()
+    again = dvc(project, "repro", env=env, check=True)  # everything recorded in dvc.lock
+    assert "Data and pipelines are up to date" in again.stdout
