@@ -64,6 +64,7 @@ def report_params(tmp_path: Path, datasets=("synthetic_voc",), **report) -> Path
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["study"]["datasets"] = list(datasets)
     params["sweep"].update(losses=["ce", "lovasz", "pixiou", "ce_pixiou"], seeds=[0, 1, 2])
+    params["tracking"]["uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
     params["report"].update(results_dir=str(tmp_path / "results"),
                             output=str(tmp_path / "reports"),
                             published=str(ROOT / "reports/published.yaml"), **report)
