@@ -28,13 +28,14 @@ export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PATH := $(CURDIR)/$(BIN):$(PATH)  # DVC stage commands run the venv's python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install install-dev browser repro test lint bench ui clean
+.PHONY: help install install-dev browser repro test lint bench ui status clean
 
 help:
 	@echo "make repro   install (.venv) and run the study: dvc repro"
 	@echo "make test    install (.venv, with dev extras) and run the test suite"
 	@echo "make bench   benchmarks: losses, training step, sweep parallel efficiency (reports/bench/)"
 	@echo "make ui      the MLflow UI of the study on http://127.0.0.1:5000 (UI_PORT=...)"
+	@echo "make status  where a running study stands (from MLflow and results/)"
 	@echo "make lint    ruff"
 
 $(BIN)/python:
@@ -108,6 +109,10 @@ bench: install
 ui: install
 	@echo ">>> MLflow UI of $(MLFLOW_STORE) on http://$(UI_HOST):$(UI_PORT) (Ctrl-C stops it)"
 	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_STORE) --host $(UI_HOST) --port $(UI_PORT)
+
+# Where a study that runs in another terminal stands. Reads only (no install: the study's venv).
+status:
+	@$(BIN)/python -m pipeline.status
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,12 +1,16 @@
 """The statistics behind the report's tables and claim checks.
 
 A claim "loss A beats loss B on metric m" is judged on the paired differences A - B over the
-seeds both losses finished (same seed: same data order and initialisation), with a two-sided
-95% Student-t confidence interval of their mean:
+seeds both losses finished (same seed: same data order and initialisation): their mean, its
+two-sided Student-t confidence interval, and the paired t-test's p-value. The report tests
+several claims together, so their p-values are adjusted for that family (Holm-Bonferroni)
+before a verdict:
 
-- reproduced      the interval lies above 0;
-- not reproduced  the interval lies below 0 (B is better);
-- inconclusive    the interval contains 0, or fewer than 2 paired seeds.
+- reproduced      adjusted p < alpha and the mean difference above 0;
+- not reproduced  adjusted p < alpha and the mean difference below 0 (B is better);
+- inconclusive    otherwise, or fewer than 2 paired seeds (no test).
+
+The Δ columns of the loss tables show the same intervals, uncorrected.
 """
 from __future__ import annotations
 
@@ -39,26 +43,42 @@ def summarise(values: list[float]) -> Summary:
 
 @dataclass(frozen=True)
 class Difference:
-    """Mean of the paired differences, its 95% CI (None for n < 2), the seeds it used."""
+    """Mean of the paired differences, its CI and two-sided t-test p-value (None for n < 2),
+    the seeds it used."""
 
     mean: float | None
     low: float | None
     high: float | None
     seeds: tuple[int, ...]
+    p_value: float | None = None
 
     @property
     def n(self) -> int:
         return len(self.seeds)
 
-    @property
-    def verdict(self) -> str:
-        if self.low is None or self.high is None:
-            return INCONCLUSIVE
-        if self.low > 0:
-            return REPRODUCED
-        if self.high < 0:
-            return NOT_REPRODUCED
+
+def verdict(mean: float | None, adjusted_p: float | None, alpha: float) -> str:
+    """A claim's verdict from its mean paired difference and its family-adjusted p-value."""
+    if mean is None or adjusted_p is None or adjusted_p >= alpha:
         return INCONCLUSIVE
+    return REPRODUCED if mean > 0 else NOT_REPRODUCED
+
+
+def holm(p_values: list[float | None]) -> list[float | None]:
+    """Holm-Bonferroni adjusted p-values of a family of m = len(p_values) tests.
+
+    The i-th smallest p is multiplied by m - i + 1, made non-decreasing in that order and
+    capped at 1. A test that could not be run (None) still counts in m, as a p of 1 would: the
+    family is what was planned, not what happened to finish. Ties keep their order.
+    """
+    m = len(p_values)
+    ranked = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    adjusted: list[float | None] = [None] * m
+    running = 0.0
+    for rank, (p, i) in enumerate(ranked):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[i] = running
+    return adjusted
 
 
 def paired_difference(a: dict[int, float], b: dict[int, float],
@@ -71,5 +91,10 @@ def paired_difference(a: dict[int, float], b: dict[int, float],
     summary = summarise(diffs)
     if summary.n < 2:
         return Difference(summary.mean, None, None, seeds)
-    half = stats.t.ppf(0.5 + confidence / 2, summary.n - 1) * summary.std / math.sqrt(summary.n)
-    return Difference(summary.mean, summary.mean - half, summary.mean + half, seeds)
+    error = summary.std / math.sqrt(summary.n)
+    half = stats.t.ppf(0.5 + confidence / 2, summary.n - 1) * error
+    if error == 0:  # identical differences: certain, unless they are all 0
+        p = 1.0 if summary.mean == 0 else 0.0
+    else:
+        p = float(2 * stats.t.sf(abs(summary.mean) / error, summary.n - 1))
+    return Difference(summary.mean, summary.mean - half, summary.mean + half, seeds, p)

@@ -33,6 +33,28 @@ GIT_COMMIT = "mlflow.source.git.commit"
 PACKAGES = ("torch", "mmengine", "mmcv", "mmsegmentation", "ray", "mlflow", "dvc", "numpy")
 SECRET_NAME = re.compile(r"PASSWORD|PASSWD|TOKEN|SECRET|KEY|CREDENTIAL|AUTH", re.IGNORECASE)
 LIVE_METRICS = ("mIoU", "mPixIoU", "loss")
+NOTE = "mlflow.note.content"  # what the UI shows as a run's description
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    """A run's dataset as MLflow records it: name, digest (of the content hash), where."""
+
+    name: str
+    content_sha256: str
+    source: str  # a path or URI
+    source_type: str  # 'local', 'dvc', ...
+
+    def input(self):
+        import json
+
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        dataset = Dataset(name=self.name, digest=self.content_sha256[:16],
+                          source_type=self.source_type,
+                          source=json.dumps({"uri": self.source}),
+                          profile=json.dumps({"content_sha256": self.content_sha256}))
+        return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])
 
 
 @dataclass
@@ -200,7 +222,10 @@ class Tracker:
         return self._children[parent_id, trial_key]
 
     def child_run(self, parent_id: str, trial_key: str, name: str, params: dict,
-                  tags: dict) -> str:
+                  tags: dict, description: str | None = None,
+                  dataset: DatasetRecord | None = None) -> str:
+        """The trial's run, made once: its params, tags, a one-line description (the UI's
+        Description) and the dataset it trained on (the UI's Datasets column)."""
         run_id = self.child_run_id(parent_id, trial_key)
         if run_id is None:
             run = self.client.create_run(
@@ -208,7 +233,9 @@ class Tracker:
                 tags=self._clean({PARENT: parent_id, TRIAL_KEY: trial_key}))
             run_id = self._children[parent_id, trial_key] = run.info.run_id
             self._log_params(run_id, params)
-            self.set_tags(run_id, {GIT_COMMIT: git_commit(), **tags})
+            self.set_tags(run_id, {GIT_COMMIT: git_commit(), NOTE: description, **tags})
+            if dataset is not None:
+                self.client.log_inputs(run_id, datasets=[dataset.input()])
         return run_id
 
     def log_evaluations(self, run_id: str, records: list[dict]) -> None:

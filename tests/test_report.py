@@ -64,6 +64,7 @@ def report_params(tmp_path: Path, datasets=("synthetic_voc",), **report) -> Path
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["study"]["datasets"] = list(datasets)
     params["sweep"].update(losses=["ce", "lovasz", "pixiou", "ce_pixiou"], seeds=[0, 1, 2])
+    params["tracking"]["uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
     params["report"].update(results_dir=str(tmp_path / "results"),
                             output=str(tmp_path / "reports"),
                             published=str(ROOT / "reports/published.yaml"), **report)
@@ -97,12 +98,23 @@ def test_fixture_results_give_the_expected_tables(fixture_study, tmp_path):
     assert "Failed: 1 trial(s): pixiou seed 2 (RuntimeError: worker died: out of memory)." in md
     assert ("Missing (planned, not in synthetic_voc.json): 3 trial(s): ce_pixiou seed 0; "
             "ce_pixiou seed 1; ce_pixiou seed 2.") in md
-    # The claims, with the seeds they paired.
+    # The claims, with the seeds they paired and their p-values adjusted for the family of 3
+    # (Holm): lovasz - ce = [3, 4, 5] alone would be reproduced (p = 0.020 < 0.05), but it is
+    # the smallest of 3 p-values, so it is multiplied by 3; the other two (diffs [3, -1],
+    # p = 0.705) by 2 and 1, capped at 1.
+    from scipy import stats
+
+    p_lovasz = stats.ttest_rel([13, 15, 17], [10, 11, 12]).pvalue
+    p_pixiou = stats.ttest_rel([16, 14], [13, 15]).pvalue
+    assert p_lovasz < 0.05 < 3 * p_lovasz and 2 * p_pixiou > 1
+    assert "### The papers' claims, checked (a family of 3)" in md
     assert ("| Lovász-Softmax > CE on mIoU | Berman et al. 2018 | synthetic_voc | "
-            "+4.00 [+1.52, +6.48] | 0, 1, 2 | **reproduced** |") in md
+            f"+4.00 [+1.52, +6.48] | {3 * p_lovasz:.3f} | 0, 1, 2 | **inconclusive** |") in md
     assert ("| Lovász-PixIoU > Lovász-Softmax on mIoU | Yu et al. 2021, PixIoU as defined in "
             "docs/pixiou.md | synthetic_voc | "
-            "+1.00 [-24.41, +26.41] | 0, 1 | **inconclusive** |") in md
+            "+1.00 [-24.41, +26.41] | 1.000 | 0, 1 | **inconclusive** |") in md
+    assert "not corrected for the number of comparisons" in md  # the Δ columns
+    assert "mPixIoU can be negative: per class, PixIoU lies in (2·IoU − 1, IoU]" in md
     # Per class: IoU.<c> = mIoU + index, so Lovász-Softmax (mean 15) is best on every class
     # but no column exists for the loss with no finished trial.
     assert "| Class | CE | Lovász-Softmax | Lovász-PixIoU |" in md
@@ -115,7 +127,10 @@ def test_fixture_results_give_the_expected_tables(fixture_study, tmp_path):
     assert metrics["trials"] == {"finished": 8, "failed": 1, "stopped": 0, "missing": 3}
     assert metrics["synthetic_voc"]["pixiou"]["mIoU"] == 15.0
     assert metrics["synthetic_voc"]["ce_pixiou"]["mIoU"] is None
-    assert metrics["claims"]["synthetic_voc"]["lovasz_vs_ce_mIoU"]["verdict"] == REPRODUCED
+    claim = metrics["claims"]["synthetic_voc"]["lovasz_vs_ce_mIoU"]
+    assert claim["verdict"] == INCONCLUSIVE and claim["family"] == 3
+    assert claim["p_value"] == pytest.approx(p_lovasz, abs=1e-4)
+    assert claim["p_holm"] == pytest.approx(3 * p_lovasz, abs=1e-4)
 
     rows = (tmp_path / "reports/results.csv").read_text().splitlines()
     assert rows[0].startswith("dataset,loss,label,seed,lr,status")
@@ -125,7 +140,7 @@ def test_fixture_results_give_the_expected_tables(fixture_study, tmp_path):
     tex = (tmp_path / "reports/tables.tex").read_text()
     assert r"\toprule" in tex and r"\bottomrule" in tex
     assert r"Lov\'asz-Softmax & 3/3 & \textbf{15.00 $\pm$ 2.00}" in tex
-    assert r"\textbf{reproduced}" in tex
+    assert r"\textbf{inconclusive}" in tex
 
 
 def test_same_results_give_byte_identical_outputs(fixture_study, tmp_path):

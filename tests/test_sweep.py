@@ -4,6 +4,7 @@ a tracking server: tests/test_cluster_storage.py)."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -27,9 +28,21 @@ def runs(tmp_path: Path):
 
 
 def test_a_sweep_of_two_losses_fills_results_and_mlflow(tmp_path, tiny_data):
-    params = study_params(tmp_path, tiny_data)
+    params = study_params(tmp_path, tiny_data, report=dict(
+        results_dir=str(tmp_path / "results"), output=str(tmp_path / "reports")))
     done = sweep(params, tmp_path, env={"CITYSCAPES_PASSWORD": SECRET, "HF_TOKEN": SECRET})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # Tune's table names the trials as the study does, with the columns a person compares;
+    # where the sweep stands, as it goes
+    assert "trial_driver_" not in done.stdout
+    assert re.search(r"\| ce_seed0_\w{8} +\| TERMINATED .*\| ce +\| +0 \|", done.stdout)
+    assert re.search(r"\| Trial name +\| status +\| loc +\| loss +\| +seed \| +iter \| +mIoU \| "
+                     r"+mPixIoU \|", done.stdout)
+    assert "sweep@synthetic_voc: 1/2 done, 1 running, 0 waiting" in done.stdout or \
+        "sweep@synthetic_voc: 1/2 done, 0 running, 1 waiting" in done.stdout
+    assert re.search(r"sweep@synthetic_voc: 1/2 done, .* elapsed, about \d+m?\d*s left",
+                     done.stdout)
+    assert "sweep@synthetic_voc: 2/2 done, 0 running, 0 waiting" in done.stdout
     results = json.loads((tmp_path / "results" / "synthetic_voc.json").read_text())
     trials = results["trials"]
     assert sorted(t["loss"] for t in trials) == ["ce", "pixiou"]
@@ -60,12 +73,27 @@ def test_a_sweep_of_two_losses_fills_results_and_mlflow(tmp_path, tiny_data):
         assert sorted(m.step for m in history) == [2, 4]  # every evaluation, once
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
         assert {"config.py", "confusion_matrix.png", "overlays"} <= artifacts
+        # what the UI shows: a description, and the dataset with its digest
+        assert child.data.tags["mlflow.note.content"].startswith(
+            f"Loss {trial['loss']} ({trial['loss']}), seed 0, lr 0.01, 4 iterations of ")
+        (used,) = child.inputs.dataset_inputs
+        assert used.dataset.name == "synthetic_voc"
+        assert used.dataset.digest == results["data_hash"][:16]
     # no secret of the environment reached params, tags or the logged files
     for run in [parent, *children]:
         assert SECRET not in json.dumps([run.data.params, run.data.tags])
     for path in (tmp_path / "mlartifacts").rglob("*"):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes()
+
+    # the report stage attaches the tables and figures to the sweep's parent run
+    report = subprocess.run([sys.executable, "-m", "pipeline.report", "--params", str(params)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
+    assert f"synthetic_voc (run {parent.info.run_id})" in report.stdout
+    attached = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/tables.md", "report/figures"} <= attached
+    assert client.list_artifacts(parent.info.run_id, "report/figures")
 
     # a second run of the stage trains nothing and logs nothing twice
     again = sweep(params, tmp_path)

@@ -6,13 +6,16 @@ Reads `results/<dataset>.json` for every dataset of `study.datasets` (and `sweep
 `sweep.seeds`, to count planned trials that are missing) and writes, under `report.output`:
 
     tables.md, tables.tex    per dataset: losses x (mIoU, mPixIoU, Δ vs baselines, published);
-                             per-class IoU; the claim checks; the gradient study
+                             per-class IoU and PixIoU; the claim checks (Holm-corrected);
+                             the gradient study
     results.csv              one row per trial, failed and missing ones included
     metrics.json             DVC metrics: means, stds, trial counts, claim verdicts
     figures/*.png            mIoU per seed, validation curves, per-class bars, gradient study
     plots/**.csv             DVC plots data: validation curves, gradient study
 
 Everything is read and checked before anything is written; the same inputs give the same bytes.
+Then tables.md and the figures are attached to each sweep's MLflow parent run (`report/`), when
+the store (params.yaml `tracking`) has it.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import argparse
 import csv
 import io
 import json
+import os
 import re
 import shutil
 import sys
@@ -28,7 +32,7 @@ from pathlib import Path
 
 from ..params import ParamsError, load_params, lookup, parse_section
 from . import figures
-from .compare import ClaimParams, LossRow, check_claim, loss_rows
+from .compare import ClaimParams, LossRow, check_claim, correct_for_family, loss_rows
 from .gradients import COLUMNS, gradient_study, summary_rows
 from .published import PublishedError, find, load_published
 from .results import FINISHED, METRICS, MISSING, DatasetResults, ResultsError, load_results
@@ -100,11 +104,12 @@ def build(params_file: Path | str = "params.yaml") -> tuple[ReportParams, Report
                                   next(iter(iterations)) if len(iterations) == 1 else None,
                                   row.terms, "mIoU") for row in rows}
         tables = [dataset_table(results, rows, report.baselines, matches, report.confidence),
-                  per_class_table(results, rows)]
+                  per_class_table(results, rows, "IoU"), per_class_table(results, rows, "PixIoU")]
         md += [markdown(t) for t in tables]
         tex += [latex(t) for t in tables]
         claims += [check_claim(c, results, report.confidence) for c in report.claims]
         studies.append((results, rows))
+    claims = correct_for_family(claims)
     points = gradient_study()
     front = [claims_table(claims, report.confidence), gradient_table(summary_rows(points))]
     metrics = _metrics(studies, claims)
@@ -204,7 +209,8 @@ def _metrics(studies, claims) -> dict:
             f"{c.claim.better}_vs_{c.claim.worse}_{c.claim.metric}"] = {
             "delta": _rounded(d.mean if d else None), "ci_low": _rounded(d.low if d else None),
             "ci_high": _rounded(d.high if d else None), "seeds": d.n if d else 0,
-            "verdict": c.verdict}
+            "p_value": _rounded(d.p_value if d else None), "p_holm": _rounded(c.adjusted_p),
+            "family": c.family, "verdict": c.verdict}
     return metrics
 
 
@@ -230,6 +236,36 @@ def write(report: ReportParams, built: Report) -> list[Path]:
     return written
 
 
+def attach_to_mlflow(params: dict, built: Report, out: Path) -> list[str]:
+    """The tables and figures as artifacts (`report/`) of each sweep's MLflow parent run, so
+    the comparison reads in the MLflow UI without the repository. A store that does not answer,
+    or a run it does not have, is said, never an error: the report itself is written."""
+    from ..tracking import Tracker, TrackingParams, environment_secrets, redact
+
+    tracking = parse_section(TrackingParams, params.get("tracking", {}), "tracking")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # one quick try
+    client = Tracker(tracking).client
+    attached, problems = [], []
+    for results, _ in built.studies:
+        parent = json.loads(results.path.read_text()).get("mlflow_parent_run_id")
+        if not parent:
+            continue
+        try:
+            client.get_run(parent)
+            client.log_artifact(parent, str(out / "tables.md"), "report")
+            client.log_artifacts(parent, str(out / "figures"), "report/figures")
+            attached.append(f"{results.dataset} (run {parent})")
+        except Exception as error:  # noqa: BLE001 - any failure of the store: say it, go on
+            said = redact(f"{type(error).__name__}: {error}", environment_secrets())
+            problems.append(f"{results.dataset}: MLflow run {parent}: "
+                            f"{said.splitlines()[0][:200]}")
+    if attached:
+        print(f"report: attached to the sweeps' MLflow runs: {', '.join(attached)}")
+    for problem in problems:
+        print(f"report: warning: not attached to MLflow: {problem}")
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -241,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"report: error: {error}", file=sys.stderr)
         return 2
     written = write(report, built)
+    attach_to_mlflow(load_params(args.params), built, Path(report.output))
     counts = built.metrics["trials"]
     print(f"report: {len(written)} files in {report.output}/ "
           f"({counts[FINISHED]} finished trials; {counts['failed']} failed, "

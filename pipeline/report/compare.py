@@ -2,10 +2,10 @@
 baselines, and the verdict on each claim (statistics in `pipeline.stats`)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..params import ParamsError
-from ..stats import INCONCLUSIVE, Difference, Summary, paired_difference, summarise
+from ..stats import Difference, Summary, holm, paired_difference, summarise, verdict
 from .results import FAILED, FINISHED, METRICS, MISSING, STOPPED, DatasetResults, LossResults
 
 TERM_NAMES = {"ce": "CE", "lovasz": "Lovász-Softmax", "pixiou": "Lovász-PixIoU"}
@@ -63,10 +63,21 @@ class ClaimResult:
     worse_label: str
     difference: Difference | None
     reason: str  # why there is no difference to judge, else ""
+    alpha: float = 0.05
+    adjusted_p: float | None = None  # Holm-adjusted over the report's claims (`family`)
+    family: int = 1
 
     @property
     def verdict(self) -> str:
-        return self.difference.verdict if self.difference else INCONCLUSIVE
+        return verdict(self.difference.mean if self.difference else None, self.adjusted_p,
+                       self.alpha)
+
+
+def correct_for_family(claims: list[ClaimResult]) -> list[ClaimResult]:
+    """The claims with their p-values adjusted for being tested together (Holm-Bonferroni)."""
+    adjusted = holm([c.difference.p_value if c.difference else None for c in claims])
+    return [replace(c, adjusted_p=p, family=len(claims)) for c, p in zip(claims, adjusted,
+                                                                        strict=True)]
 
 
 def loss_rows(results: DatasetResults, baselines: list[str], confidence: float) -> list[LossRow]:
@@ -97,8 +108,9 @@ def check_claim(claim: ClaimParams, results: DatasetResults, confidence: float) 
     difference = None if reason else paired_difference(
         better.values(claim.metric), worse.values(claim.metric), confidence)
     if difference is not None and difference.n < 2:
-        reason = f"{difference.n} paired seed(s) finished; a confidence interval needs 2"
-    return ClaimResult(claim, results.dataset, *labels, difference, reason)
+        reason = f"{difference.n} paired seed(s) finished; a test needs 2"
+    return ClaimResult(claim, results.dataset, *labels, difference, reason,
+                       alpha=1 - confidence, adjusted_p=difference.p_value if difference else None)
 
 
 def _no_comparison(claim: ClaimParams, better: LossResults | None,

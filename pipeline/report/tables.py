@@ -96,7 +96,11 @@ def dataset_table(results: DatasetResults, rows: list[LossRow], baselines: list[
         f"{results.dataset}, config `{results.config}`, "
         f"{'/'.join(map(str, iterations)) or '?'} iterations. Mean ± std over the finished "
         f"seeds; Trials: finished/planned. Δ: mean of the paired differences over the seeds "
-        f"both losses finished, with its {ci} (Student t); the best mean in bold.",
+        f"both losses finished, with its {ci} (Student t), not corrected for the number of "
+        f"comparisons (the claims table is); the best mean in bold.",
+        "mPixIoU can be negative: per class, PixIoU lies in (2·IoU − 1, IoU] "
+        "(docs/pixiou.md), so a class the model rarely or never predicts, with IoU near 0, "
+        "scores below 0 and pulls the mean down; see the PixIoU per class table.",
     ]
     notes += _trial_notes(results)
     notes += [f"[{i + 1}] {p.metric} {number(p.value)}: {p.note}" for i, p in enumerate(sources)]
@@ -122,41 +126,60 @@ def _trial_notes(results: DatasetResults) -> list[str]:
     return notes
 
 
-def per_class_table(results: DatasetResults, rows: list[LossRow]) -> Table:
+def per_class_table(results: DatasetResults, rows: list[LossRow], metric: str = "IoU") -> Table:
+    """`metric` (IoU or PixIoU) per class and loss, mean over the finished seeds."""
     columns = [row for row in rows if row.counts["finished"]]
     per_loss = {lr.loss: lr.finished_per_class() for lr in results.losses}
     body = []
     for name in results.classes:
         means = []
         for row in columns:
-            values = [pc[f"IoU.{name}"] for pc in per_loss[row.loss] if f"IoU.{name}" in pc]
+            key = f"{metric}.{name}"
+            values = [pc[key] for pc in per_loss[row.loss] if key in pc]
             means.append(sum(values) / len(values) if values else None)
         best = _best(means)
         body.append([Cell(name)] + [Cell(DASH if m is None else number(m), i in best)
                                     for i, m in enumerate(means)])
     skipped = [row.label for row in rows if not row.counts["finished"]]
-    notes = ["IoU per class, mean over the finished seeds; the best per class in bold."]
+    notes = [f"{metric} per class, mean over the finished seeds; the best per class in bold."]
+    if metric == "PixIoU":
+        notes.append("PixIoU ≤ IoU per class; below 0 where the IoU is near 0 "
+                     "(PixIoU > 2·IoU − 1).")
     if skipped:
         notes.append(f"No finished trial, so no column: {', '.join(skipped)}.")
-    return Table(f"{results.dataset}: IoU per class", ["Class", *(r.label for r in columns)],
-                 body, notes, f"tab:{results.dataset}-per-class")
+    slug = "per-class" if metric == "IoU" else f"per-class-{metric.lower()}"
+    return Table(f"{results.dataset}: {metric} per class", ["Class", *(r.label for r in columns)],
+                 body, notes, f"tab:{results.dataset}-{slug}")
+
+
+def p_value(value: float | None) -> str:
+    if value is None:
+        return DASH
+    return "< 0.001" if value < 0.001 else f"{value:.3f}"
 
 
 def claims_table(claims: list[ClaimResult], confidence: float) -> Table:
+    family = claims[0].family if claims else 0
+    alpha = 1 - confidence
     body = []
     for c in claims:
         diff = c.difference
         body.append([
             Cell(f"{c.better_label} > {c.worse_label} on {c.claim.metric}"),
             Cell(c.claim.source), Cell(c.dataset), Cell(difference(diff)),
+            Cell(p_value(c.adjusted_p)),
             Cell(", ".join(map(str, diff.seeds)) if diff and diff.seeds else DASH),
             Cell(c.verdict + (f" ({c.reason})" if c.reason else ""), bold=True)])
-    notes = [f"Verdict from the {confidence:.0%} confidence interval of the mean paired "
-             f"difference over seeds: reproduced if it lies above 0, not reproduced if below, "
-             f"inconclusive if it contains 0 or fewer than 2 seeds are paired."]
-    return Table("The papers' claims, checked", [
-        "Claim", "Source", "Dataset", f"Δ [{confidence:.0%} CI]", "Seeds", "Verdict"],
-        body, notes, "tab:claims", text_columns=3)
+    notes = [f"Δ: mean paired difference over the seeds both losses finished, with its "
+             f"{confidence:.0%} confidence interval (Student t, uncorrected). p: the paired "
+             f"t-test's two-sided p-value, adjusted for the {family} claims tested together "
+             f"(Holm-Bonferroni; a claim with no test counts in the family as p = 1). Verdict: "
+             f"reproduced if the adjusted p < {alpha:.2g} and Δ > 0, not reproduced if the "
+             f"adjusted p < {alpha:.2g} and Δ < 0, inconclusive otherwise or with fewer than 2 "
+             f"paired seeds."]
+    return Table(f"The papers' claims, checked (a family of {family})", [
+        "Claim", "Source", "Dataset", f"Δ [{confidence:.0%} CI]", f"p (Holm, m={family})",
+        "Seeds", "Verdict"], body, notes, "tab:claims", text_columns=3)
 
 
 def gradient_table(rows: list[dict]) -> Table:

@@ -7,11 +7,13 @@ logs whatever a run lacks, keyed by the trial, so nothing is logged twice.
 """
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from pathlib import Path
 
-from ..tracking import Tracker
+from ..progress import Progress
+from ..tracking import DatasetRecord, Tracker
 from .cluster import (
     check_cluster_resources,
     check_local_resources,
@@ -67,7 +69,23 @@ class SweepTracking:
                   "loss_terms": ",".join(f"{k}={v:g}" for k, v in spec.terms.items())}
         tags = {"dataset": self.study.dataset, "data_hash": self.study.data_hash,
                 "trial": trial.name, "storage": self.study.storage.uri_of(*trial.folder)}
-        return self.tracker.child_run(self.parent_id, trial.key, trial.name, params, tags)
+        return self.tracker.child_run(self.parent_id, trial.key, trial.name, params, tags,
+                                      self.description(trial), self.dataset_record())
+
+    def description(self, trial: Trial) -> str:
+        spec, batch = trial.spec, trial.batch
+        terms = " + ".join(f"{w:g}·{t}" if w != 1 else t for t, w in spec.terms.items())
+        return (f"Loss {spec.loss} ({terms}), seed {spec.seed}, lr {batch.lr:g}, "
+                f"{spec.iterations or 'the config schedule of'} iterations of "
+                f"{Path(spec.config).stem} on {self.study.dataset} (data "
+                f"{self.study.data_hash[:12]}); trained from scratch.")
+
+    def dataset_record(self) -> DatasetRecord:
+        data = self.study.data
+        where = (f"{data.remote.get('url')} (DVC {data.dvc_md5})" if data.source == "dvc"
+                 else str(Path(data.path) / data.dataset))
+        return DatasetRecord(data.dataset, data.content_sha256, where,
+                             "dvc" if data.source == "dvc" else "local")
 
     def safely(self, what: str, write) -> None:
         """One write; a failure is logged and left to the reconciliation."""
@@ -98,7 +116,7 @@ class SweepTracking:
             self.tracker.end_trial(run_id, "FAILED", record["error"])
 
 
-def _tune_callback(tracking: SweepTracking, trials: dict[str, Trial]):
+def _tune_callback(tracking: SweepTracking, trials: dict[str, Trial], progress: Progress):
     from ray import tune
 
     storage = tracking.study.storage
@@ -117,6 +135,7 @@ def _tune_callback(tracking: SweepTracking, trials: dict[str, Trial]):
         def on_trial_start(self, iteration, trials, trial, **info):
             ours = self._trial(trial)
             _log(f"start  {ours.name}")
+            progress.trial_started()
             tracking.safely("child run", lambda: tracking.child(ours))
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -142,6 +161,7 @@ def _tune_callback(tracking: SweepTracking, trials: dict[str, Trial]):
         def on_trial_complete(self, iteration, trials, trial, **info):
             ours = self._trial(trial)
             summary = ours.summary(storage)
+            progress.trial_ended()
             if summary is not None:
                 tracking.safely("final values", lambda: tracking.finish(ours, summary))
                 _log(f"done   {ours.name}: mIoU {summary['mIoU']:.2f} "
@@ -158,6 +178,7 @@ def _tune_callback(tracking: SweepTracking, trials: dict[str, Trial]):
         def on_trial_error(self, iteration, trials, trial, **info):
             ours = self._trial(trial)
             error = _trial_error(trial)
+            progress.trial_ended()
             self.errors[ours.key] = error
             tracking.safely("end of run", lambda: tracking.tracker.end_trial(
                 tracking.child(ours), "FAILED", error))
@@ -178,6 +199,25 @@ def _trial_error(tune_trial) -> str:
     return "\n".join(lines[-5:]) or "trial failed (no error recorded)"
 
 
+def _trial_name(tune_trial) -> str:
+    """Tune's name (and folder) of a trial: the study's, e.g. ce_seed0_1a2b3c4d."""
+    return tune_trial.config["trial"]["name"]
+
+
+def _status_table(lr_searched: bool):
+    """Tune's status table with the columns a person compares (Tune's classic reporter: the
+    newer one shows each trial's whole config)."""
+    from ray import tune
+
+    columns = {"trial/loss": "loss", "trial/seed": "seed"}
+    if lr_searched:
+        columns["trial/lr"] = "lr"
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # read when the Tuner starts
+    return tune.CLIReporter(parameter_columns=columns, metric_columns={
+        "iteration": "iter", "mIoU": "mIoU", "mPixIoU": "mPixIoU"}, max_report_frequency=60,
+        sort_by_metric=False, max_progress_rows=40)
+
+
 def _run_tuner(study: Study, pending: list[Trial], tracking: SweepTracking):
     import ray
     from ray import tune
@@ -186,10 +226,10 @@ def _run_tuner(study: Study, pending: list[Trial], tracking: SweepTracking):
     init_ray(study.sweep, study.train.deterministic)
     try:
         check_cluster_resources(study.sweep, _log)
-        grid = [{"key": t.key, "name": t.name, "spec": t.spec.to_dict(),
-                 "dataset": study.dataset, "data": study.data.to_dict(),
-                 "storage": study.storage.uri, "workers": study.sweep.workers,
-                 "use_gpu": study.sweep.use_gpu,
+        grid = [{"key": t.key, "name": t.name, "loss": t.spec.loss, "seed": t.spec.seed,
+                 "lr": t.batch.lr, "spec": t.spec.to_dict(), "dataset": study.dataset,
+                 "data": study.data.to_dict(), "storage": study.storage.uri,
+                 "workers": study.sweep.workers, "use_gpu": study.sweep.use_gpu,
                  "cpus_per_worker": study.sweep.cpus_per_worker} for t in pending]
         concurrent = concurrency(study.sweep, len(pending))
         scheduler = None
@@ -199,22 +239,29 @@ def _run_tuner(study: Study, pending: list[Trial], tracking: SweepTracking):
                                       grace_period=search.grace_period,
                                       reduction_factor=search.reduction_factor,
                                       max_t=10 ** 9)
-        callback = _tune_callback(tracking, {t.key: t for t in pending})
+        progress = Progress(f"sweep@{study.dataset}", len(pending), _log)
+        callback = _tune_callback(tracking, {t.key: t for t in pending}, progress)
         tuner = tune.Tuner(
             # The trial itself only launches the TorchTrainer, whose workers hold the CPUs and
             # GPUs; a token memory request keeps it from taking a CPU a worker needs.
             tune.with_resources(trial_driver, {"memory": 1}),
             param_space={"trial": tune.grid_search(grid)},
-            tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, scheduler=scheduler),
+            tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, scheduler=scheduler,
+                                        trial_name_creator=_trial_name,
+                                        trial_dirname_creator=_trial_name),
             run_config=tune.RunConfig(
                 name=f"{study.dataset}-{time.strftime('%Y%m%d-%H%M%S')}",
                 storage_path=study.storage.path("_ray_tune"),
                 storage_filesystem=study.storage.fs,
                 failure_config=tune.FailureConfig(max_failures=study.sweep.max_failures),
-                callbacks=[callback], verbose=1))
+                callbacks=[callback], verbose=1,
+                progress_reporter=_status_table(bool(study.sweep.lr_search.samples))))
         _log(f"running {len(pending)} trials, " + (f"{concurrent} at a time" if concurrent
              else "each as soon as the cluster has a node for it"))
-        tuner.fit()
+        try:
+            tuner.fit()
+        finally:
+            progress.close()
         return callback
     finally:
         if not on_cluster():
