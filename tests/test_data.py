@@ -171,7 +171,7 @@ def test_cityscapes_login_download_and_train_ids(tmp_path, monkeypatch, cityscap
     with fake.ArchiveServer(files, {1: "gtFine_trainvaltest.zip",
                                     3: "leftImg8bit_trainvaltest.zip"}) as server:
         spec = dict(base_url=server.url, archives_dir=None,
-                    packages={"gtFine_trainvaltest.zip": 1, "leftImg8bit_trainvaltest.zip": 3},
+                    packages={"gtFine_trainvaltest": 1, "leftImg8bit_trainvaltest": 3},
                     expected=dict(train=3, val=2))
         manifest = run("cityscapes", write_params(tmp_path, {"cityscapes": spec}))
         assert ("POST", "/login", None) in server.requests
@@ -196,7 +196,7 @@ def test_cityscapes_from_archives_the_user_downloaded(tmp_path, monkeypatch, cit
     archives.mkdir()
     (archives / "gtFine_trainvaltest.zip").write_bytes(gt_zip)
     spec = dict(base_url="http://127.0.0.1:9", archives_dir=str(archives),
-                packages={"gtFine_trainvaltest.zip": 1, "leftImg8bit_trainvaltest.zip": 3},
+                packages={"gtFine_trainvaltest": 1, "leftImg8bit_trainvaltest": 3},
                 expected=dict(train=3, val=2))
     params = write_params(tmp_path, {"cityscapes": spec})
     with pytest.raises(MissingCredentials, match="lacks leftImg8bit_trainvaltest.zip"):

@@ -34,9 +34,16 @@ class CityscapesParams:
     """params.yaml: datasets.cityscapes."""
 
     base_url: str
-    packages: dict[str, int]  # archive name -> the server's packageID
+    # archive name without '.zip' -> the server's packageID (no dot in a params key: `dvc exp
+    # run -S datasets.cityscapes.packages.gtFine_trainvaltest=1` must reach it)
+    packages: dict[str, int]
     expected: dict[str, int]
     archives_dir: str | None = None
+
+    @property
+    def archives(self) -> dict[str, int]:
+        """Archive file name -> packageID."""
+        return {f"{name}.zip": package for name, package in self.packages.items()}
 
 
 class MissingCredentials(RuntimeError):
@@ -50,14 +57,14 @@ def check_access(params: CityscapesParams) -> tuple[str, str] | None:
     """
     if params.archives_dir:
         folder = Path(params.archives_dir)
-        missing = [name for name in params.packages if not (folder / name).is_file()]
+        missing = [name for name in params.archives if not (folder / name).is_file()]
         if missing:
             raise MissingCredentials(f"datasets.cityscapes.archives_dir is {folder}, but it "
                                      f"lacks {', '.join(missing)}")
         return None
     username, password = os.environ.get(USERNAME_VARIABLE), os.environ.get(PASSWORD_VARIABLE)
     if not username or not password:
-        raise MissingCredentials(MISSING_CREDENTIALS.format(archives=" and ".join(params.packages)))
+        raise MissingCredentials(MISSING_CREDENTIALS.format(archives=" and ".join(params.archives)))
     return username, password
 
 
@@ -78,11 +85,11 @@ def obtain_archives(params: CityscapesParams, downloads: Path, retries: int,
                     backoff_seconds: float) -> dict[str, Path]:
     credentials = check_access(params)
     if credentials is None:
-        return {name: Path(params.archives_dir) / name for name in params.packages}
+        return {name: Path(params.archives_dir) / name for name in params.archives}
     session = login(params.base_url, *credentials)
     downloader = ResumableDownloader(session, retries, backoff_seconds)
     paths = {}
-    for name, package_id in params.packages.items():
+    for name, package_id in params.archives.items():
         md5 = session.get(f"{params.base_url}/md5-sum/?packageID={package_id}",
                           allow_redirects=False, timeout=60)
         md5.raise_for_status()
