@@ -33,7 +33,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 help:
 	@echo "make repro   install (.venv) and run the study: dvc repro"
 	@echo "make test    install (.venv, with dev extras) and run the test suite"
-	@echo "make bench   benchmarks: losses, training step, sweep parallel efficiency (reports/bench/)"
+	@echo "make bench   benchmarks: losses, training step, sweep parallel efficiency (reports/bench/runs/)"
 	@echo "make ui      the MLflow UI of the study on http://127.0.0.1:5000 (UI_PORT=...)"
 	@echo "make status  where a running study stands (from MLflow and results/)"
 	@echo "make lint    ruff"
@@ -101,10 +101,21 @@ test: install-dev browser
 lint: install-dev
 	$(BIN)/ruff check pipeline tests bench
 
+# Each `make bench` writes its records to a folder of its own (BENCH_OUT); the table of
+# docs/benchmarks.md is generated from the committed ones in reports/bench/ (bench.table --write).
+ifeq ($(origin BENCH_OUT),undefined)
+BENCH_OUT := reports/bench/runs/$(shell date +%Y%m%d-%H%M%S)
+endif
+
 bench: install
-	$(BIN)/python -m bench.losses
-	$(BIN)/python -m bench.train_step
-	$(BIN)/python -m bench.sweep_parallel
+	@echo ">>> the generated VOC data the sweep benchmark trains on"
+	$(BIN)/dvc repro data@synthetic_voc
+	$(BIN)/python -m bench.losses --out $(BENCH_OUT)/losses.json
+	$(BIN)/python -m bench.train_step --out $(BENCH_OUT)/train_step.json
+	$(BIN)/python -m bench.sweep_parallel --out $(BENCH_OUT)/sweep_parallel.json
+	$(BIN)/python -m bench.table $(BENCH_OUT)
+	@echo ">>> records in $(BENCH_OUT)/. To make them the committed ones (docs/benchmarks.md):"
+	@echo "    cp $(BENCH_OUT)/*.json reports/bench/ && $(BIN)/python -m bench.table --write"
 
 ui: install
 	@echo ">>> MLflow UI of $(MLFLOW_STORE) on http://$(UI_HOST):$(UI_PORT) (Ctrl-C stops it)"

@@ -1,6 +1,6 @@
 """Loss benchmark: forward+backward of every loss beside one torch.sort of the same data.
 
-    python -m bench.losses [--repeats 7] [--threads 2] [--out reports/bench/losses.json]
+    python -m bench.losses [--repeats 7] [--threads 2] [--out FILE]
 
 All candidates run in one process, interleaved round by round, so machine noise hits them alike;
 each time is the median of the rounds after a warm-up. Ratios, not seconds, are the result.
@@ -10,18 +10,18 @@ profiler's allocation events; CUDA: max_memory_allocated), as a multiple of the 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 from functools import partial
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from bench import record
 from bench.timing import interleaved_medians
 
 CPU_SHAPES = [(8, 21, 128, 128)]
 GPU_SHAPES = [(8, 21, 128, 128), (8, 21, 512, 512), (4, 19, 512, 1024)]
+MEMORY_TARGET = 4.0  # peak extra memory of a Lovász loss, as a multiple of the logits
 TARGETS = {  # ratio name -> (numerator, denominator, bound)
     "lovasz_batch / sort": ("ours lovasz batch", "torch.sort", 2.0),
     "lovasz_per_image / sort": ("ours lovasz per-image", "torch.sort", 2.0),
@@ -124,7 +124,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", default="reports/bench/losses.json")
+    parser.add_argument("--out", default=record.default_out("losses"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -149,9 +149,9 @@ def main(argv=None):
         ratios = {}
         for name in ("ours lovasz batch", "ours lovasz per-image", "ours pixiou batch",
                      "ours pixiou per-image"):
-            verdict = "ok" if memory_x_logits[name] <= 4.0 else "MISSED"
-            print(f"  {'memory ' + name:<38} {memory_x_logits[name]:5.2f}  (target <= 4.0)  "
-                  f"{verdict}")
+            verdict = "ok" if memory_x_logits[name] <= MEMORY_TARGET else "MISSED"
+            print(f"  {'memory ' + name:<38} {memory_x_logits[name]:5.2f}  (target <= "
+                  f"{MEMORY_TARGET})  {verdict}")
         print(f"  (floor of any loss built on one batched sort of the softmax: the sort itself "
               f"{memory_x_logits['torch.sort']:.2f}x + the softmax output autograd keeps 1.00x)")
         for label, (num, den, bound) in TARGETS.items():
@@ -164,10 +164,7 @@ def main(argv=None):
               + ("  (GPU target >= 5)" if device.type == "cuda" else ""))
         entry["ratios"] = ratios
         report["shapes"]["x".join(map(str, shape))] = entry
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {out}")
+    record.write(args.out, "bench.losses", report)
 
 
 if __name__ == "__main__":

@@ -1,22 +1,24 @@
 """Sweep parallel efficiency: N one-CPU trials on N CPUs, against the same N one after another.
 
-    python -m bench.sweep_parallel [--trials N] [--iterations 60] [--out ...]
+    python -m bench.sweep_parallel [--trials N] [--iterations 160] [--out ...]
 
 Both sweeps are the real stage (`pipeline.sweep.run_sweep`: Ray Tune over Ray Train trials,
-MLflow tracking) on the generated VOC data, each from empty storage, one right after the other.
+MLflow tracking) on the generated VOC data, each from empty storage, one right after the other
+(not interleaved: each needs every CPU). The default length is the embedded default's.
 Efficiency = T(one after another) / (N x T(N at once)); target >= 85%. Ray's start-up is inside
 both times, as it is for a user. Needs data/synthetic_voc (dvc repro data@synthetic_voc).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
+
+from bench import record
 
 TARGET = 0.85
 
@@ -46,8 +48,8 @@ def sweep_seconds(workdir: Path, trials: int, iterations: int,
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=os.cpu_count())
-    parser.add_argument("--iterations", type=int, default=60)
-    parser.add_argument("--out", default="reports/bench/sweep_parallel.json")
+    parser.add_argument("--iterations", type=int, default=160)
+    parser.add_argument("--out", default=record.default_out("sweep_parallel"))
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         parallel_dir, serial_dir = Path(tmp, "parallel"), Path(tmp, "serial")
@@ -71,14 +73,10 @@ def main(argv=None):
     print(f"  the rest is per-trial start-up and the sweep's fixed cost: "
           f"{parallel - parallel_run:.1f} s of the parallel sweep, "
           f"{serial - args.trials * serial_run:.1f} s of the serial one")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(dict(trials=args.trials, iterations=args.iterations,
-                                   cpus=os.cpu_count(), serial_s=serial, parallel_s=parallel,
-                                   efficiency=efficiency, run_s_serial=serial_run,
-                                   run_s_parallel=parallel_run, run_efficiency=run_efficiency,
-                                   target=TARGET), indent=2) + "\n")
-    print(f"wrote {out}")
+    record.write(args.out, "bench.sweep_parallel", dict(
+        trials=args.trials, iterations=args.iterations, cpus=os.cpu_count(), serial_s=serial,
+        parallel_s=parallel, efficiency=efficiency, run_s_serial=serial_run,
+        run_s_parallel=parallel_run, run_efficiency=run_efficiency, target=TARGET))
 
 
 if __name__ == "__main__":

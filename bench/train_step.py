@@ -1,6 +1,6 @@
 """Training-step benchmark of the embedded default model with each study loss, side by side.
 
-    python -m bench.train_step [--repeats 15] [--threads 1] [--out reports/bench/train_step.json]
+    python -m bench.train_step [--repeats 15] [--threads 1] [--out FILE]
 
 One mmengine `train_step` (forward, loss, backward, AdamW step) of the embedded-default
 segmentor on one fixed batch, for CE, Lovász-Softmax and Lovász-PixIoU, interleaved round by
@@ -12,12 +12,11 @@ default: that is what a sweep trial gets on a CPU.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-from pathlib import Path
 
 import torch
 
+from bench import record
 from bench.timing import interleaved_medians
 
 CONFIG = "mmseg_configs/fcn_r18-tiny-d8_1xb4-160_synthetic-voc-128x128.py"
@@ -86,7 +85,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default="reports/bench/train_step.json")
+    parser.add_argument("--out", default=record.default_out("train_step"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from mmengine.registry import init_default_scope
@@ -118,10 +117,7 @@ def main(argv=None):
                   torch=torch.__version__, threads=args.threads, repeats=args.repeats,
                   seconds=medians, loss_share=shares, ratio={f"{num}/{den}": ratio},
                   target=bound)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    record.write(args.out, "bench.train_step", report)
 
 
 if __name__ == "__main__":
