@@ -1,8 +1,10 @@
 # pixiou-repro: `make repro` runs the study, `make test` runs the tests. Both install first.
 #
 # The install is three stamped steps in $(VENV), each redone only when its inputs change:
-#   .venv/.stamp-mmcv   torch 2.13 + mmcv 2.1.0 built with its compiled ops (slow the first time;
-#                       pip caches the built wheel, so later installs take seconds)
+#   .venv/.stamp-mmcv-<torch build>   torch 2.13 (cpu, or e.g. cu126) + mmcv 2.1.0 built with its
+#                       compiled ops against it (slow the first time; the built wheel is cached
+#                       per torch build, so later installs take seconds and never get a wheel
+#                       built against another torch build)
 #   .venv/.stamp-base   the package and its pinned dependencies (pyproject.toml)
 #   .venv/.stamp-dev    plus the dev extras (pytest, ruff, hypothesis)
 
@@ -17,6 +19,12 @@ PIP := $(BIN)/python -m pip
 # GPU users: TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 (same torch version).
 TORCH_INDEX_URL ?=
 TORCH_INDEX := $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL) --extra-index-url https://pypi.org/simple,)
+# The torch build: 'cpu', or the index's last path part (cu126). A change of build reinstalls
+# torch and mmcv. The CPU build's mmcv wheel sits in pip's own cache; every other build's in a
+# cache of its own, so pip never hands one build's compiled mmcv to another.
+TORCH_BUILD := $(if $(TORCH_INDEX_URL),$(notdir $(patsubst %/,%,$(TORCH_INDEX_URL))),cpu)
+MMCV_STAMP := $(VENV)/.stamp-mmcv-$(TORCH_BUILD)
+MMCV_CACHE := $(if $(filter cpu,$(TORCH_BUILD)),,--cache-dir $(HOME)/.cache/pixiou-repro/pip-$(TORCH_BUILD))
 MMCV_JOBS ?= $(shell nproc)
 PYTEST_ARGS ?=
 # make ui: the MLflow UI of the study's store, on this machine only unless you say otherwise
@@ -43,21 +51,24 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade "pip>=24"
 
-$(VENV)/.stamp-mmcv: constraints.txt | $(BIN)/python
-	@echo ">>> [1/3] torch 2.13.0 and mmcv's build tools"
+$(MMCV_STAMP): constraints.txt | $(BIN)/python
+	@echo ">>> [1/3] torch 2.13.0 ($(TORCH_BUILD) build) and mmcv's build tools"
+	rm -f $(VENV)/.stamp-mmcv-*  # another torch build's
+	$(PIP) install --quiet --force-reinstall --no-deps $(TORCH_INDEX) torch==2.13.0
 	$(PIP) install --quiet $(TORCH_INDEX) torch==2.13.0 wheel ninja psutil mmengine==0.10.7
 	@echo ">>> [2/3] mmcv 2.1.0 with compiled ops. Built from source the first time (about"
 	@echo "    13 minutes on 2 cores), progress below, full log in $(VENV)/mmcv-build.log."
 	@echo "    pip caches the built wheel: later installs reuse it in seconds."
 	@# mmcv's setup.py imports pkg_resources and torch: it builds in this env, with setuptools<70
 	$(PIP) install --quiet "setuptools<70"
-	MMCV_WITH_OPS=1 MAX_JOBS=$(MMCV_JOBS) $(PIP) install -v --no-build-isolation mmcv==2.1.0 \
+	MMCV_WITH_OPS=1 MAX_JOBS=$(MMCV_JOBS) $(PIP) install -v --no-build-isolation --force-reinstall \
+	  --no-deps $(MMCV_CACHE) mmcv==2.1.0 \
 	  2>&1 | tee $(VENV)/mmcv-build.log \
 	  | sed -nE -u 's#^ *(\[[0-9]+/[0-9]+\]).* -c [^ ]*/(mmcv/ops/[^ ]+).*#    \1 compiling \2#p; s#^ *(Using cached mmcv.*|Successfully installed.*|ERROR.*)#    \1#p'
 	$(BIN)/python -c "import mmcv, mmcv.ops; print('    mmcv', mmcv.__version__, 'with compiled ops')"
 	touch $@
 
-$(VENV)/.stamp-base: pyproject.toml $(VENV)/.stamp-mmcv
+$(VENV)/.stamp-base: pyproject.toml $(MMCV_STAMP)
 	@echo ">>> [3/3] pixiou-repro and its pinned dependencies"
 	$(PIP) install --quiet "setuptools>=77.0.3,<81" -e .
 	touch $@

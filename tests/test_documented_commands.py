@@ -1,0 +1,185 @@
+"""Every shell command in the fenced `bash` blocks of README.md and docs/*.md is exercised:
+
+- run as written, in order, in a reduced copy of the project (a tiny study; its `.venv` is this
+  checkout's, so `make` finds everything installed);
+- started and answered, for the servers (`make ui`);
+- or, where it needs what CI has not (a GPU, a Ray cluster, an object store, credentials),
+  checked up to that point: the installed CLI takes every option it uses, `make -n` shows what it
+  would do, DVC's own parser applies the `-S` override. tests/test_cluster_storage.py runs the
+  cluster's commands against servers it starts on 127.0.0.1.
+
+A command added to the docs fails the first test until it is placed in one of these lists.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, STAGE_ENV, TINY_DATA, project_copy
+
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+#: Run as written, in this order, in the reduced copy.
+RUN_IN_COPY = [
+    "dvc stage list",
+    "dvc repro data@synthetic_voc",
+    "make repro",
+    "dvc repro",
+    "make status",
+    "dvc metrics show",
+    "dvc plots show",
+    "python -m pipeline.sweep synthetic_voc --fetch",
+    "dvc repro --single-item report",
+    "dvc exp run -S 'train.losses.ce_pixiou.pixiou=0.5'",
+    "dvc exp show",
+    "dvc remote add -d storage s3://my-bucket/pixiou/dvc",
+    "dvc remote modify storage endpointurl https://s3.example.org",
+]
+#: Servers: started in the copy, answered on their port, stopped.
+SERVED = {"make ui": 5000, "make ui UI_PORT=5001": 5001}
+#: Run by CI itself.
+CI = {"make test"}
+#: What each needs that CI has not; checked below up to that point.
+NEEDS = {
+    "make install TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126": "a GPU machine",
+    "dvc exp run -S 'sweep.storage=s3://my-bucket/pixiou/sweeps'": "an object store",
+    "dvc exp run -S 'sweep.data.source=dvc'": "a DVC remote holding the data",
+    "dvc push": "the DVC remote's credentials",
+    "export MLFLOW_TRACKING_URI=http://mlflow-host:5000": "a tracking server",
+    "export RAY_ADDRESS=head-node:6379": "a Ray cluster",
+    "mlflow server --host 0.0.0.0 --port 5000 --backend-store-uri "
+    "postgresql://mlflow@db-host:5432/mlflow --artifacts-destination "
+    "s3://my-bucket/pixiou/mlartifacts": "PostgreSQL and S3",
+    "ray job submit --address http://head-node:8265 --working-dir . --runtime-env-json "
+    "'{\"env_vars\": {\"MLFLOW_TRACKING_URI\": \"http://mlflow-host:5000\"}}' -- python -m "
+    "pipeline.sweep synthetic_voc": "a Ray cluster",
+}
+
+
+def documented() -> dict[str, set[str]]:
+    """command -> the files that show it (line continuations joined, comments dropped)."""
+    found: dict[str, set[str]] = {}
+    for doc in DOCS:
+        for block in re.findall(r"```bash\n(.*?)```", doc.read_text(), re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                command = " ".join(line.split(" #")[0].split()) if not \
+                    line.lstrip().startswith("#") else ""
+                if command:
+                    found.setdefault(command, set()).add(doc.name)
+    return found
+
+
+def test_every_documented_command_is_exercised():
+    placed = [*RUN_IN_COPY, *SERVED, *CI, *NEEDS]
+    assert len(placed) == len(set(placed))
+    assert set(documented()) == set(placed), (
+        f"documented, not exercised: {sorted(set(documented()) - set(placed))}; "
+        f"exercised, no longer documented: {sorted(set(placed) - set(documented()))}")
+
+
+def test_ci_runs_exactly_make_test():
+    lines = [line for line in (ROOT / ".ci/run").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert lines[-1].strip() == "make test"
+
+
+def _tiny(params):
+    params["study"]["datasets"] = ["synthetic_voc"]
+    params["datasets"]["synthetic_voc"].update(TINY_DATA)
+    params["train"].update(iterations=4, val_interval=2, overlays=1)
+    params["sweep"].update(losses=["ce", "lovasz"], seeds=[0])
+    params["report"]["claims"] = [{"better": "lovasz", "worse": "ce", "metric": "mIoU",
+                                   "source": "Berman et al. 2018"}]
+
+
+def _shell(command: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "-c", command], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={**STAGE_ENV, "RAY_ADDRESS": ""})
+
+
+@pytest.mark.slow
+def test_the_documented_commands_run_as_written(tmp_path):
+    repo = project_copy(tmp_path / "project", _tiny)
+    (repo / ".venv").symlink_to(ROOT / ".venv")  # installed: `make` finds its stamps there
+    said = {}
+    for command in RUN_IN_COPY:
+        done = _shell(command, repo)
+        assert done.returncode == 0, f"{command}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        said[command] = done.stdout + done.stderr
+    assert (repo / "reports" / "tables.md").is_file() and (repo / "dvc.lock").is_file()
+    assert "sweep FINISHED" in said["make status"]
+    assert "results fetched" in said["python -m pipeline.sweep synthetic_voc --fetch"]
+    assert (repo / "dvc_plots" / "index.html").is_file()
+    # ce_pixiou is not in this study's sweep: the variant trains nothing
+    assert "2 trials, 2 already done, 0 to run" in \
+        said["dvc exp run -S 'train.losses.ce_pixiou.pixiou=0.5'"]
+    assert "url = s3://my-bucket/pixiou/dvc" in (repo / ".dvc" / "config").read_text()
+
+    for command, port in SERVED.items():
+        server = subprocess.Popen(["bash", "-c", command], cwd=repo, env=STAGE_ENV,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  start_new_session=True)
+        try:
+            deadline = time.time() + 120
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health",
+                                                timeout=5) as response:
+                        assert response.status == 200
+                        break
+                except (urllib.error.URLError, ConnectionError):
+                    assert server.poll() is None, f"{command} stopped"
+                    assert time.time() < deadline, f"{command}: no answer on {port}"
+                    time.sleep(1)
+        finally:
+            os.killpg(server.pid, 15)
+            server.wait(timeout=60)
+
+
+def _options(command: str) -> list[str]:
+    return [word.split("=")[0] for word in shlex.split(command) if word.startswith("--")]
+
+
+@pytest.mark.parametrize("command", sorted(NEEDS))
+def test_what_needs_a_cluster_a_gpu_or_credentials_is_checked_up_to_there(command, tmp_path):
+    words = shlex.split(command)
+    if words[0] == "export":  # the code reads the variable
+        name = words[1].split("=")[0]
+        assert any(name in path.read_text() for path in (ROOT / "pipeline").rglob("*.py"))
+    elif words[:2] == ["dvc", "exp"]:  # DVC's own parser applies the override
+        from dvc.utils.hydra import apply_overrides
+
+        params = tmp_path / "params.yaml"
+        shutil.copy(ROOT / "params.yaml", params)
+        override = words[words.index("-S") + 1]
+        apply_overrides(params, [override])
+        key, value = override.split("=", 1)
+        assert f"{key.split('.')[-1]}: {value}" in params.read_text()
+    elif words[0] == "make":  # what it would do
+        venv = tmp_path / "venv"
+        (venv / "bin").mkdir(parents=True)
+        (venv / "bin" / "python").symlink_to(sys.executable)
+        plan = subprocess.run(["make", "-n", "-C", str(ROOT), *words[1:], f"VENV={venv}"],
+                              capture_output=True, text=True, check=True).stdout
+        assert ("--force-reinstall --no-deps --index-url https://download.pytorch.org/whl/cu126"
+                in plan)  # the CUDA torch replaces whatever torch was there
+        assert "--cache-dir" in plan and "pip-cu126 mmcv==2.1.0" in plan  # mmcv built for it
+        assert f"touch {venv}/.stamp-mmcv-cu126" in plan
+    else:  # the installed CLI takes every option the command uses
+        cli = {"mlflow": ["mlflow", "server"], "ray": ["ray", "job", "submit"],
+               "dvc": ["dvc", "push"]}[words[0]]
+        help_text = subprocess.run([str(Path(sys.executable).with_name(cli[0])), *cli[1:],
+                                    "--help"], capture_output=True, text=True, check=True,
+                                   env={**STAGE_ENV, "RAY_ADDRESS": ""}).stdout
+        for option in _options(command):
+            assert option in help_text, f"{' '.join(cli)} has no {option}"
