@@ -53,7 +53,7 @@ $(BIN)/python:
 
 $(MMCV_STAMP): constraints.txt | $(BIN)/python
 	@echo ">>> [1/3] torch 2.13.0 ($(TORCH_BUILD) build) and mmcv's build tools"
-	rm -f $(VENV)/.stamp-mmcv-*  # another torch build's
+	rm -f $(VENV)/.stamp-mmcv*  # another torch build's (or the old unnamed one)
 	$(PIP) install --quiet --force-reinstall --no-deps $(TORCH_INDEX) torch==2.13.0
 	$(PIP) install --quiet $(TORCH_INDEX) torch==2.13.0 wheel ninja psutil mmengine==0.10.7
 	@echo ">>> [2/3] mmcv 2.1.0 with compiled ops. Built from source the first time (about"
