@@ -310,6 +310,8 @@ def run_sweep(dataset: str, params_file: Path | str = "params.yaml",
         history=callback.history.get(trial.key, []) if callback else [],
         nodes=callback.nodes.get(trial.key) if callback else None,
         run_id=None) for trial in trials]
+    if tracking.behind:
+        _log("MLflow missed writes during the sweep: logging them now")
     logged = _reconcile(tracking, trials, records)
     counts = {status: sum(r["status"] == status for r in records)
               for status in ("finished", "stopped", "failed")}
