@@ -8,9 +8,10 @@ import json
 import os
 import platform
 import shlex
-import subprocess
 import sys
 from pathlib import Path
+
+from pipeline.tracking import git_commit
 
 #: Where the benchmarks write unless told otherwise (git-ignored): a folder per run.
 RUNS = Path("reports/bench/runs")
@@ -23,13 +24,9 @@ def default_out(name: str) -> str:
 
 
 def provenance(module: str) -> dict:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
+    commit = git_commit()
     return {"command": shlex.join(["python", "-m", module, *sys.argv[1:]]),
-            "date": datetime.date.today().isoformat(), "commit": commit,
+            "date": datetime.date.today().isoformat(), "commit": commit[:7] if commit else None,
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"}
 
 

@@ -251,12 +251,15 @@ class Tracker:
         if metrics:
             self.client.log_batch(run_id, metrics=metrics)
 
+    def final_logged(self, run_id: str) -> bool:
+        """finish_trial has logged this run's final values and artifacts."""
+        return self.client.get_run(run_id).data.tags.get(FINAL_LOGGED) == "1"
+
     def finish_trial(self, run_id: str, summary: dict, work_dir: Path) -> None:
         """Final and per-class values, the history and the run's artifacts; once."""
         from mlflow.entities import Metric
 
-        run = self.client.get_run(run_id)
-        if run.data.tags.get(FINAL_LOGGED) == "1":
+        if self.final_logged(run_id):
             return
         self.log_evaluations(run_id, summary["history"])
         now = int(time.time() * 1000)

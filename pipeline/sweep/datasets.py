@@ -101,14 +101,15 @@ def remote_settings(name: str | None, repo_root: Path = Path(".")) -> dict:
     return {k: v for k, v in remotes[name].items() if not SECRET_OPTION.search(k)}
 
 
-def _manifest_hash(root: Path) -> str | None:
+def manifest_hash(root: Path) -> str | None:
+    """The content hash in `root`'s manifest.json (the data stage's), None without one."""
     manifest = root / "manifest.json"
     return json.loads(manifest.read_text())["content_sha256"] if manifest.is_file() else None
 
 
 def verify(folder: Path, version: DatasetVersion) -> Path:
     """`folder` (a dataset) is the version of the trial key, or DatasetMismatch naming both."""
-    found = _manifest_hash(folder)
+    found = manifest_hash(folder)
     if found != version.content_sha256:
         what = f"has content sha256 {found[:12]}" if found else "has no manifest.json"
         raise DatasetMismatch(

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..progress import Progress
 from ..tracking import DatasetRecord, Tracker
+from ..train import RESULT_FILES
 from .cluster import (
     check_cluster_resources,
     check_local_resources,
@@ -97,17 +98,22 @@ class SweepTracking:
                  "it later")
 
     def finish(self, trial: Trial, summary: dict) -> None:
-        """The finished trial's metrics and artifacts, read from its final checkpoint."""
+        """The finished trial's metrics and artifacts, read from its final checkpoint (its
+        files, not its weights), once."""
+        run_id = self.child(trial)
+        if self.tracker.final_logged(run_id):
+            return
         with tempfile.TemporaryDirectory() as local:
-            files = self.study.storage.download(Path(local), *trial.folder, FINAL)
-            self.tracker.finish_trial(self.child(trial), summary, files)
+            files = self.study.storage.download(Path(local), *trial.folder, FINAL,
+                                                names=RESULT_FILES)
+            self.tracker.finish_trial(run_id, summary, files)
 
     def reconcile(self, trial: Trial, record: dict) -> None:
-        """Make the trial's child run say what its record says (idempotent)."""
+        """Make the trial's child run say what its record says (idempotent). A finished
+        trial's record holds its summary's values."""
         run_id = self.child(trial)
         if record["status"] == "finished":
-            self.finish(trial, self.study.storage.read_json(*trial.folder, FINAL,
-                                                            "summary.json"))
+            self.finish(trial, record)
             return
         self.tracker.log_evaluations(run_id, record["history"])
         if record["status"] == "stopped":
@@ -294,8 +300,10 @@ def run_sweep(dataset: str, params_file: Path | str = "params.yaml",
     trials = plan_trials(study)
     tracker = Tracker(study.tracking)
     tracker.check(in_ray_job=in_job())
-    states = {t.key: t.state(study.storage) for t in trials}
-    pending = [t for t in trials if states[t.key] == "pending"]
+    # What the storage holds, read once per trial (and again for those this run trains)
+    summaries = {t.key: t.summary(study.storage) for t in trials}
+    stopped = {t.key: t.stopped(study.storage) for t in trials if summaries[t.key] is None}
+    pending = [t for t in trials if summaries[t.key] is None and stopped[t.key] is None]
     _log(f"{dataset}: {len(trials)} trials, {len(trials) - len(pending)} already done, "
          f"{len(pending)} to run ({study.sweep.workers} worker(s) each, "
          f"{'GPU' if study.sweep.use_gpu else 'CPU'}), storage {study.storage.uri_of(dataset)}")
@@ -303,9 +311,12 @@ def run_sweep(dataset: str, params_file: Path | str = "params.yaml",
     study.storage.write_json({"sweep_key": sweep_key(trials), "started": time.time()},
                              dataset, STORAGE_MARKER)
     callback = _run_tuner(study, pending, tracking) if pending else None
+    for trial in pending:
+        summaries[trial.key] = trial.summary(study.storage)
+        stopped[trial.key] = None if summaries[trial.key] else trial.stopped(study.storage)
 
     records = [trial_record(
-        study, trial, summary=trial.summary(study.storage), stopped=trial.stopped(study.storage),
+        study, trial, summary=summaries[trial.key], stopped=stopped.get(trial.key),
         error=callback.errors.get(trial.key) if callback else None,
         history=callback.history.get(trial.key, []) if callback else [],
         nodes=callback.nodes.get(trial.key) if callback else None,

@@ -17,7 +17,13 @@ from ..params import ParamsError, load_params, lookup, parse_section
 from ..scaling import BatchPlan, plan_batch
 from ..tracking import TrackingParams
 from ..train import RunSpec, TrainParams
-from .datasets import DatasetVersion, DataSourceParams, locked_version, remote_settings
+from .datasets import (
+    DatasetVersion,
+    DataSourceParams,
+    locked_version,
+    manifest_hash,
+    remote_settings,
+)
 from .storage import FINAL, Storage
 
 #: Files whose content decides a trial's numbers (with the configs and the dataset's hash).
@@ -133,12 +139,6 @@ class Trial:
         """What the trial had reached when ASHA stopped it."""
         return storage.read_json(*self.folder, STOPPED)
 
-    def state(self, storage: Storage) -> str:
-        """finished / stopped (by ASHA) / pending, from what the storage holds."""
-        if storage.exists(*self.folder, FINAL, "summary.json"):
-            return "finished"
-        return "stopped" if storage.exists(*self.folder, STOPPED) else "pending"
-
 
 @dataclass
 class Study:
@@ -189,18 +189,16 @@ def dataset_version(dataset: str, data_root: str, source: DataSourceParams) -> D
 
     if source.source == "path":
         folder = Path(source.path or data_root).expanduser().resolve()
-        manifest = folder / dataset / "manifest.json"
-        if not manifest.is_file():
+        content = manifest_hash(folder / dataset)
+        if content is None:
             hint = (f"build the dataset first (dvc repro data@{dataset})" if source.path is None
                     else "sweep.data.path must hold the datasets the data stage built")
-            raise ParamsError(f"{manifest} is missing: {hint}")
-        return DatasetVersion(dataset, json.loads(manifest.read_text())["content_sha256"],
-                              "path", path=str(folder))
+            raise ParamsError(f"{folder / dataset / 'manifest.json'} is missing: {hint}")
+        return DatasetVersion(dataset, content, "path", path=str(folder))
     version = DatasetVersion(dataset, "", "dvc", dvc_md5=locked_version(dataset, data_root),
                              remote=remote_settings(source.remote), cache=source.cache)
-    local = Path(data_root) / dataset / "manifest.json"
-    folder = local.parent if local.is_file() else stage_from_remote(version)
-    content = json.loads((folder / "manifest.json").read_text())["content_sha256"]
+    content = manifest_hash(Path(data_root) / dataset) or \
+        manifest_hash(stage_from_remote(version))
     return DatasetVersion(**{**version.to_dict(), "content_sha256": content})
 
 

@@ -6,7 +6,6 @@ failed, from what the sweep's storage holds and what Ray reported. A copy goes t
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .plan import Study, Trial
@@ -49,8 +48,9 @@ def write_results(study: Study, records: list[dict], parent_id: str | None,
     results = {"dataset": study.dataset, "config": Path(study.config).stem,
                "data_hash": study.data_hash, "storage": study.storage.uri_of(study.dataset),
                "mlflow_parent_run_id": parent_id, "trials": records}
-    study.storage.write_json(results, study.dataset, RESULTS)
-    _write_local(results, results_dir / f"{study.dataset}.json")
+    for storage, name in ((study.storage, f"{study.dataset}/{RESULTS}"),
+                          (Storage.parse(str(results_dir)), f"{study.dataset}.json")):
+        storage.write_json(results, name)
     return results
 
 
@@ -60,12 +60,6 @@ def fetch_results(storage: Storage, dataset: str, results_dir: Path) -> Path:
     if results is None:
         raise FileNotFoundError(f"{storage.uri_of(dataset, RESULTS)}: no results there yet "
                                 "(has the sweep of this dataset finished?)")
-    return _write_local(results, results_dir / f"{dataset}.json")
+    Storage.parse(str(results_dir)).write_json(results, f"{dataset}.json")
+    return results_dir / f"{dataset}.json"
 
-
-def _write_local(results: dict, out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    tmp.replace(out)
-    return out

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,13 +87,22 @@ class Storage:
         if staging != target:
             self.fs.move(staging, target)
 
-    def download(self, local: Path, *parts: str) -> Path:
-        """Copy a folder of the storage to `local` (created)."""
+    def download(self, local: Path, *parts: str, names: Iterable[str] | None = None) -> Path:
+        """Copy a folder of the storage to `local` (created); with `names`, only those of its
+        entries (files or folders) that exist."""
         import pyarrow.fs as pafs
 
-        local.mkdir(parents=True, exist_ok=True)
-        pafs.copy_files(self.path(*parts), str(local.resolve()), source_filesystem=self.fs,
-                        destination_filesystem=pafs.LocalFileSystem())
+        entries = [(self.path(*parts), local)] if names is None else \
+            [(self.path(*parts, n), local / n) for n in names]
+        for source, target in entries:
+            kind = self.fs.get_file_info(source).type
+            if kind == pafs.FileType.NotFound:
+                continue
+            # copy_files writes a folder's files into an existing folder, a file to its path
+            (target if kind == pafs.FileType.Directory else target.parent).mkdir(
+                parents=True, exist_ok=True)
+            pafs.copy_files(source, str(target.resolve()), source_filesystem=self.fs,
+                            destination_filesystem=pafs.LocalFileSystem())
         return local
 
     def upload(self, local: Path, *parts: str) -> None:
