@@ -15,7 +15,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import GIT, ROOT, TINY_DATA, dvc, free_port, project_copy, study_params
+from tests.conftest import (
+    GIT,
+    ROOT,
+    STAGE_ENV,
+    TINY_DATA,
+    dvc,
+    free_port,
+    project_copy,
+    study_params,
+)
 from tests.servers import (
     LOOPBACK,
     MlflowServer,
@@ -81,7 +90,7 @@ def children(stack, experiment: str = "pixiou-study") -> list[dict]:
 def cluster_env(stack) -> dict:
     """What a driver on a login node sets: the cluster, the tracking server, the S3 endpoint
     (and, for the test cluster's 127.0.0.1, tests/loopback)."""
-    return {**os.environ, **stack["env"], **LOOPBACK, "RAY_ADDRESS": stack["address"],
+    return {**STAGE_ENV, **stack["env"], **LOOPBACK, "RAY_ADDRESS": stack["address"],
             "MLFLOW_TRACKING_URI": stack["tracking"].url}
 
 

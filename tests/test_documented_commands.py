@@ -12,13 +12,11 @@ A command added to the docs fails the first test until it is placed in one of th
 """
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -26,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, STAGE_ENV, TINY_DATA, project_copy
+from tests.servers import answers, start, stop
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
@@ -126,24 +125,13 @@ def test_the_documented_commands_run_as_written(tmp_path):
     assert "url = s3://my-bucket/pixiou/dvc" in (repo / ".dvc" / "config").read_text()
 
     for command, port in SERVED.items():
-        server = subprocess.Popen(["bash", "-c", command], cwd=repo, env=STAGE_ENV,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                  start_new_session=True)
+        server = start(["bash", "-c", command], answers(f"http://127.0.0.1:{port}/health"),
+                       tmp_path / f"ui-{port}.log", env=STAGE_ENV, cwd=repo)
         try:
-            deadline = time.time() + 120
-            while True:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health",
-                                                timeout=5) as response:
-                        assert response.status == 200
-                        break
-                except (urllib.error.URLError, ConnectionError):
-                    assert server.poll() is None, f"{command} stopped"
-                    assert time.time() < deadline, f"{command}: no answer on {port}"
-                    time.sleep(1)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as reply:
+                assert reply.status == 200
         finally:
-            os.killpg(server.pid, 15)
-            server.wait(timeout=60)
+            stop(server)
 
 
 def _options(command: str) -> list[str]:
