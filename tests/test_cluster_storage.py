@@ -126,7 +126,18 @@ def test_a_sweep_on_two_nodes_keeps_its_trials_in_s3_and_survives_kill_9(tmp_pat
         time.sleep(0.5)
     first.kill()
     first.wait()
-    done_before = {k: v for k, v in objects(stack, prefix).items()
+    # A trial's workers may still upload its final checkpoint while Ray tears the dead driver's
+    # job down: take the storage as the rerun will find it, once it no longer changes.
+    keys, settled = objects(stack, prefix), time.time() + 60
+    while time.time() < settled:
+        time.sleep(5)
+        now = objects(stack, prefix)
+        if now == keys:
+            break
+        keys = now
+    finished = {k.split("/")[2] for k in keys if k.endswith("/final/summary.json")}
+    started = {k.split("/")[2] for k in keys if "/iter_" in k} - finished
+    done_before = {k: v for k, v in keys.items()
                    if k.split("/")[2] in finished and "/final/" in k}
 
     again = driver(stack, params, tmp_path / "results")
