@@ -15,7 +15,7 @@ import yaml
 
 PARAMS_FILE = Path("params.yaml")
 #: The study's sections; each is read by the stages that declare it in dvc.yaml.
-SECTIONS = ("study", "data", "datasets", "train", "sweep", "tracking", "report")
+SECTIONS = ("study", "data", "datasets", "pretrain", "train", "sweep", "tracking", "report")
 T = TypeVar("T")
 
 

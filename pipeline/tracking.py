@@ -201,10 +201,14 @@ class Tracker:
     # -- runs ----------------------------------------------------------------------------------
 
     def parent_run(self, sweep_key: str, name: str, params: dict, tags: dict) -> str:
-        run_id = self._find(f"tags.`{SWEEP_KEY}` = '{sweep_key}'")
+        return self.keyed_run(SWEEP_KEY, sweep_key, name, params, tags)
+
+    def keyed_run(self, tag: str, key: str, name: str, params: dict, tags: dict) -> str:
+        """A top-level run, found again by its `tag` = `key` (made once, then reopened)."""
+        run_id = self._find(f"tags.`{tag}` = '{key}'")
         if run_id is None:
             run = self.client.create_run(self.experiment_id(), run_name=name,
-                                         tags=self._clean({SWEEP_KEY: sweep_key}))
+                                         tags=self._clean({tag: key}))
             run_id = run.info.run_id
         else:
             self.client.update_run(run_id, status="RUNNING")

@@ -14,6 +14,7 @@ sends them through `ray.train.report` to the sweep's storage) and restores the r
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -41,6 +42,11 @@ RESULT_FILES = (SUMMARY, HISTORY, "config.py", "confusion_matrix.png", "confusio
                 "overlays")
 #: Auxiliary heads keep mmseg's relative weight (0.4 in the model zoo) for the study's loss.
 DEFAULT_AUX_WEIGHT = 0.4
+#: What decides a run's numbers besides its spec and data: this code and the configs. A run's
+#: key (a sweep trial's, the pre-training's) hashes their content.
+TRAINING_CODE = ("pipeline/train.py", "pipeline/artifacts.py", "pipeline/metrics.py",
+                 "pipeline/determinism.py", "pipeline/splits.py", "pipeline/losses",
+                 "mmseg_configs")
 
 
 @dataclass
@@ -111,9 +117,27 @@ class RunSpec:
     deterministic: bool = True
     overlays: int = 4
     threads: int | None = None  # torch intra-op threads; None leaves torch's default
+    # Fine-tuning: the weights a fresh run starts from (a checkpoint file on this node). The
+    # run evaluates them before its first step; resumed, it continues from its own checkpoint.
+    init_checkpoint: str | None = None
+    # k > 0 (the lr search): train without every k-th training image and evaluate on those
+    # while training (what ASHA and the lr choice read); score the validation set at the end.
+    holdout: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def code_fingerprint() -> str:
+    """sha256 over the path and content of every file of TRAINING_CODE (from the checkout)."""
+    files = []
+    for entry in map(Path, TRAINING_CODE):
+        files.extend(sorted(entry.rglob("*.py")) if entry.is_dir() else [entry])
+    digest = hashlib.sha256()
+    for path in sorted(files):
+        digest.update(str(path).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 # --- the config -------------------------------------------------------------------------------
@@ -149,6 +173,23 @@ def set_iterations(cfg, iterations: int, val_interval: int | None) -> None:
     interval = val_interval or min(cfg.train_cfg.get("val_interval", iterations), iterations)
     cfg.train_cfg.val_interval = interval
     cfg.default_hooks.checkpoint.interval = interval
+
+
+def hold_out(cfg, every: int) -> None:
+    """Train on the training set without every `every`-th image, validate on those (with the
+    validation pipeline); the test loader, the validation set, is scored at the end."""
+    import copy
+
+    train = cfg.train_dataloader.dataset
+    if "datasets" in train or "dataset" in train:
+        raise ValueError(f"sweep.lr_search.holdout_every: the training set of this config is a "
+                         f"{train.get('type')} of several datasets; the held-out split needs "
+                         "one dataset")
+    cfg.train_dataloader.dataset = dict(type="EveryKthSplit", dataset=copy.deepcopy(train),
+                                        every=every, part="train")
+    cfg.val_dataloader = dict(cfg.val_dataloader, dataset=dict(
+        type="EveryKthSplit", dataset=copy.deepcopy(train), every=every, part="heldout",
+        pipeline=copy.deepcopy(cfg.val_dataloader.dataset.pipeline)))
 
 
 def _reroot(path: str, data_root: str) -> str:
@@ -188,6 +229,8 @@ def build_config(spec: RunSpec, world_size: int = 1, on_gpu: bool = False,
             dataset = cfg.get(loader, {}).get("dataset", {})
             if "data_root" in dataset:
                 dataset["data_root"] = _reroot(dataset["data_root"], spec.data_root)
+    if spec.holdout:
+        hold_out(cfg, spec.holdout)
     cfg.work_dir = spec.work_dir
     cfg.default_hooks.checkpoint.max_keep_ckpts = 1  # a node's disk holds one per run
     cfg.resume = True  # from the work dir's last checkpoint, when there is one
@@ -388,13 +431,15 @@ def _study_hook_class():
         priority = "ABOVE_NORMAL"
 
         def __init__(self, work_dir: str, reporter: Reporter | None, overlays: int,
-                     training: bool = True):
+                     training: bool = True, evaluate_start: bool = False):
             self.work_dir = Path(work_dir)
+            self.evaluate_start = evaluate_start
             self.history_file = self.work_dir / HISTORY
             self.reporter = reporter
             self.overlays = overlays
             self.training = training
-            self.artifacts = None  # of the latest validation pass
+            self.artifacts = None  # of the latest validation (or test) pass
+            self.test_record = None  # the test pass's, with a held-out validation split
             self.history: list[dict] = []
             self._loss_sum = 0.0
             self._loss_count = 0
@@ -406,6 +451,10 @@ def _study_hook_class():
                 self.history = [r for r in map(json.loads, lines) if r["iteration"] <= runner.iter]
             if is_main_process():
                 self._write_history()
+            if self.evaluate_start and runner.iter == 0 and not self.history:
+                # The weights it starts from, on the data it is evaluated on: iteration 0 of
+                # a fine-tuning run (and of its curves) is where the pre-training ended.
+                runner.val_loop.run()
 
         def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
             if outputs and "loss" in outputs:
@@ -413,6 +462,12 @@ def _study_hook_class():
                 self._loss_count += 1
 
         def before_val_epoch(self, runner) -> None:
+            self._begin_pass(runner, runner.val_dataloader.dataset)
+
+        def before_test_epoch(self, runner) -> None:
+            self._begin_pass(runner, runner.test_dataloader.dataset)
+
+        def _begin_pass(self, runner, dataset) -> None:
             from .artifacts import EvaluationArtifacts
 
             if is_distributed():
@@ -420,7 +475,6 @@ def _study_hook_class():
                 # rank evaluates rank 0's model: the one its checkpoint holds.
                 for buffer in runner.model.buffers():
                     broadcast(buffer, src=0)
-            dataset = runner.val_dataloader.dataset
             meta = dataset.metainfo
             # The same images whatever the world size: the first ones of the validation set.
             fixed = [dataset.get_data_info(i)["img_path"]
@@ -431,19 +485,18 @@ def _study_hook_class():
             if outputs is not None:
                 self.artifacts.add(outputs)
 
+        after_test_iter = after_val_iter
+
+        def after_test_epoch(self, runner, metrics=None) -> None:
+            """The final score of a run that validated on a held-out split."""
+            self.artifacts.gather()
+            self.test_record = self._record(runner, metrics)
+
         def after_val_epoch(self, runner, metrics=None) -> None:
             self.artifacts.gather()  # every rank takes part; rank 0 holds the whole set
             if not metrics or not self.training:
                 return
-            record = {
-                "iteration": runner.iter,
-                "mIoU": float(metrics["mIoU"]),
-                "mPixIoU": float(metrics["mPixIoU"]),
-                "loss": self._loss_sum / self._loss_count if self._loss_count else None,
-                "world_size": get_world_size(),
-                "per_class": {k: float(v) for k, v in metrics.items()
-                              if k.startswith(("IoU.", "PixIoU."))},
-            }
+            record = self._record(runner, metrics)
             self._loss_sum, self._loss_count = 0.0, 0
             self.history = [r for r in self.history if r["iteration"] != record["iteration"]]
             self.history.append(record)
@@ -453,6 +506,17 @@ def _study_hook_class():
                 # mmengine saved this iteration's checkpoint just before validating
                 saved = last_checkpoint(self.work_dir) if is_main_process() else None
                 self.reporter.evaluation(self.record(), saved)
+
+        def _record(self, runner, metrics: dict) -> dict:
+            return {
+                "iteration": runner.iter,
+                "mIoU": float(metrics["mIoU"]),
+                "mPixIoU": float(metrics["mPixIoU"]),
+                "loss": self._loss_sum / self._loss_count if self._loss_count else None,
+                "world_size": get_world_size(),
+                "per_class": {k: float(v) for k, v in metrics.items()
+                              if k.startswith(("IoU.", "PixIoU."))},
+            }
 
         def record(self) -> dict:
             """The latest evaluation, without its per-class values."""
@@ -487,10 +551,14 @@ def run(spec: RunSpec, reporter: Reporter | None = None) -> dict:
         reporter.finished(done, None)
         return done
     cfg = _prepare(spec, world_size)
+    starts_from_init = spec.init_checkpoint is not None and last_checkpoint(work_dir) is None
+    if starts_from_init:  # weights only: the optimizer, schedule and iteration start afresh
+        cfg.load_from, cfg.resume = spec.init_checkpoint, False
     started = time.time()
     with isolated_mmengine_state():
         runner = _runner_class().from_cfg(cfg)
-        hook = _study_hook_class()(spec.work_dir, reporter, spec.overlays)
+        hook = _study_hook_class()(spec.work_dir, reporter, spec.overlays,
+                                   evaluate_start=starts_from_init)
         runner.register_hook(hook)
         resumed_from = _latest_iteration(work_dir)
         runner.train()
@@ -498,6 +566,10 @@ def run(spec: RunSpec, reporter: Reporter | None = None) -> dict:
             # Resumed at the end of the schedule (killed after the last checkpoint): the final
             # evaluation, and the artifacts drawn from it, happen now.
             runner.val_loop.run()
+        final = hook.history[-1]
+        if spec.holdout:  # the history scored the held-out split; now the validation set
+            runner.test()
+            final = hook.test_record
         summary = {
             "spec": spec.to_dict(),
             "config_name": Path(spec.config).stem,
@@ -505,10 +577,13 @@ def run(spec: RunSpec, reporter: Reporter | None = None) -> dict:
             "resumed_from": resumed_from,
             "world_size": world_size,
             "wall_time_s": round(time.time() - started, 2),
-            **{k: hook.history[-1][k] for k in ("mIoU", "mPixIoU", "per_class")},
+            **{k: final[k] for k in ("mIoU", "mPixIoU", "per_class")},
             "history": [{k: v for k, v in r.items() if k != "per_class"}
                         for r in hook.history],
         }
+        if spec.holdout:
+            summary["selection"] = {"split": f"every {spec.holdout}th training image",
+                                    **{k: hook.history[-1][k] for k in ("mIoU", "mPixIoU")}}
         if is_main_process():
             cfg.dump(str(work_dir / "config.py"))
             hook.artifacts.write(work_dir)  # from the final evaluation
@@ -576,6 +651,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--lr", type=float)
     parser.add_argument("--data-root", help="folder holding the datasets (default: data)")
+    parser.add_argument("--init-checkpoint", help="weights to fine-tune (e.g. the pretrain "
+                        "stage's models/pretrain/<dataset>/model.pth)")
     parser.add_argument("--params", default="params.yaml", help="for train.losses")
     args = parser.parse_args(argv)
     try:
@@ -589,6 +666,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed, data_root=args.data_root, lr=args.lr, iterations=args.iterations,
             val_interval=args.val_interval, batch_size=args.batch_size,
             deterministic=params.deterministic, overlays=params.overlays,
+            init_checkpoint=args.init_checkpoint,
             work_dir=args.work_dir or f"work_dirs/{Path(args.config).stem}/"
                                       f"{args.loss}_seed{args.seed}")
         summary = run(spec)

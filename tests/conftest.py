@@ -24,7 +24,13 @@ def study_params(tmp_path: Path, data_root: Path, **sections) -> Path:
     """
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["study"]["datasets"] = ["synthetic_voc"]
+    # The sweep's own tests train from scratch; the fine-tuning ones say protocol: finetune
+    # (and find the tiny pre-training's model under tmp_path).
+    params["study"]["protocol"] = "scratch"
     params["data"]["root"] = str(data_root)
+    params["pretrain"].update(iterations=4, val_interval=2,
+                              output=str(tmp_path / "models" / "pretrain"),
+                              work_dir=str(tmp_path / "work_dirs" / "pretrain"))
     params["train"].update(iterations=4, val_interval=2, overlays=2)
     params["sweep"].update(losses=["ce", "pixiou"], seeds=[0],
                            storage=str(tmp_path / "sweeps"))

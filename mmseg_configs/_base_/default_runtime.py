@@ -1,4 +1,5 @@
 # mmseg's runtime, plus our losses and metric. The study's runner (pipeline/train.py) sets the
 # seed, work dir, resume and, inside Ray workers, the DDP wrapper.
 _base_ = ['mmseg::_base_/default_runtime.py']
-custom_imports = dict(imports=['pipeline.losses', 'pipeline.metrics'], allow_failed_imports=False)
+custom_imports = dict(imports=['pipeline.losses', 'pipeline.metrics', 'pipeline.splits'],
+                      allow_failed_imports=False)

@@ -22,6 +22,12 @@ class DatasetError(ValueError):
     """A dataset on disk that does not match its layout."""
 
 
+def manifest_hash(root: Path) -> str | None:
+    """The content hash in `root`'s manifest.json (the data stage's), None without one."""
+    manifest = root / "manifest.json"
+    return json.loads(manifest.read_text())["content_sha256"] if manifest.is_file() else None
+
+
 def _read(path: Path, root: Path, content) -> Image.Image:
     """Read `path` once: its bytes feed the content hash and are decoded from memory."""
     data = path.read_bytes()

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..data.layouts import CITYSCAPES_CLASSES, VOC_CLASSES
+from ..pretrain import StartingPoint
 
 FINISHED, STOPPED, FAILED, MISSING = "finished", "stopped", "failed", "missing"
 STATUSES = (FINISHED, STOPPED, FAILED)
@@ -36,6 +37,7 @@ class TrialResult:
     error: str | None = None
     wall_time_s: float | None = None
     mlflow_run_id: str | None = None
+    selection_mIoU: float | None = None  # on the lr search's held-out split, if there was one
 
     @property
     def error_line(self) -> str:
@@ -55,17 +57,27 @@ class LossResults:
     def by_status(self, status: str) -> list[TrialResult]:
         return [t for t in self.trials if t.status == status]
 
-    def values(self, metric: str) -> dict[int, float]:
-        """seed -> metric of the finished trial of that seed (the best one under an lr search,
-        chosen by validation mIoU, as the sweep has no separate test split)."""
+    def chosen(self) -> dict[int, TrialResult]:
+        """seed -> its finished trial; under an lr search, the one with the best mIoU on the
+        split held out of the training set (never the validation set the tables report)."""
         best: dict[int, TrialResult] = {}
         for trial in self.by_status(FINISHED):
-            if trial.seed not in best or trial.metrics["mIoU"] > best[trial.seed].metrics["mIoU"]:
+            if trial.seed not in best or _selection(trial) > _selection(best[trial.seed]):
                 best[trial.seed] = trial
-        return {seed: best[seed].metrics[metric] for seed in sorted(best)}
+        return dict(sorted(best.items()))
+
+    def values(self, metric: str) -> dict[int, float]:
+        """seed -> metric of the seed's chosen trial."""
+        return {seed: trial.metrics[metric] for seed, trial in self.chosen().items()}
 
     def finished_per_class(self) -> list[dict[str, float]]:
-        return [t.per_class for t in self.by_status(FINISHED)]
+        """The per-class values of the chosen trials, as the main table's."""
+        return [trial.per_class for trial in self.chosen().values()]
+
+
+def _selection(trial: TrialResult) -> float:
+    """What chooses among a seed's trials: held-out mIoU; a lone trial has nothing to choose."""
+    return trial.selection_mIoU if trial.selection_mIoU is not None else trial.metrics["mIoU"]
 
 
 @dataclass(frozen=True)
@@ -75,17 +87,12 @@ class DatasetResults:
     path: Path
     losses: list[LossResults]
     classes: list[str] = field(default_factory=list)
+    start: dict | None = None  # the sweep's protocol and starting checkpoint (older files: None)
 
-    def loss(self, key: str) -> LossResults | None:
-        return next((lr for lr in self.losses if lr.loss == key), None)
-
-    @property
-    def trials(self) -> list[TrialResult]:
-        return [t for lr in self.losses for t in lr.trials]
-
-    def counts(self) -> dict[str, int]:
-        return {status: sum(t.status == status for t in self.trials)
-                for status in (*STATUSES, MISSING)}
+    def protocol(self) -> str:
+        """How the trials were trained, for captions."""
+        return StartingPoint(**self.start).describe() if self.start else \
+            "protocol not recorded"
 
 
 def _require(record: dict, key: str, types: type | tuple, where: str, nullable=False):
@@ -128,7 +135,8 @@ def _read_trial(record, where: str) -> tuple[TrialResult, dict]:
         lr=_require(record, "lr", (int, float), where, nullable=True),
         iterations=_require(record, "iterations", int, where, nullable=True),
         error=_require(record, "error", str, where, nullable=True) if "error" in record else None,
-        wall_time_s=record.get("wall_time_s"), mlflow_run_id=record.get("mlflow_run_id"))
+        wall_time_s=record.get("wall_time_s"), mlflow_run_id=record.get("mlflow_run_id"),
+        selection_mIoU=(record.get("selection") or {}).get("mIoU"))
     terms = _require(record, "loss_terms", dict, where)
     return trial, terms
 
@@ -186,5 +194,6 @@ def load_results(path: Path, dataset: str, planned_losses: Sequence[str],
         losses.append(LossResults(loss, terms.get(loss, (known_terms or {}).get(loss, {})), runs))
     names = {name.split(".", 1)[1] for runs in trials.values() for t in runs
              for name in t.per_class if name.startswith("IoU.")}
+    start = _require(data, "start", dict, where, nullable=True) if "start" in data else None
     return DatasetResults(dataset, _require(data, "config", str, where), path, losses,
-                          class_order(names))
+                          class_order(names), start)

@@ -93,7 +93,7 @@ def dataset_table(results: DatasetResults, rows: list[LossRow], baselines: list[
         body.append(cells)
     iterations = sorted({t.iterations for t in results.trials if t.iterations})
     notes = [
-        f"{results.dataset}, config `{results.config}`, "
+        f"{results.dataset}, config `{results.config}`, {results.protocol()}, "
         f"{'/'.join(map(str, iterations)) or '?'} iterations. Mean ± std over the finished "
         f"seeds; Trials: finished/planned. Δ: mean of the paired differences over the seeds "
         f"both losses finished, with its {ci} (Student t), not corrected for the number of "

@@ -14,7 +14,6 @@ trains, so a node that sees other data fails the trial by name instead of traini
 """
 from __future__ import annotations
 
-import json
 import re
 import socket
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from ..data.validate import manifest_hash
 from ..params import ParamsError
 
 SOURCES = ("path", "dvc")
@@ -99,12 +99,6 @@ def remote_settings(name: str | None, repo_root: Path = Path(".")) -> dict:
                           f".dvc/config (remotes: {known}); add one with `dvc remote add -d "
                           f"storage s3://bucket/dvc`")
     return {k: v for k, v in remotes[name].items() if not SECRET_OPTION.search(k)}
-
-
-def manifest_hash(root: Path) -> str | None:
-    """The content hash in `root`'s manifest.json (the data stage's), None without one."""
-    manifest = root / "manifest.json"
-    return json.loads(manifest.read_text())["content_sha256"] if manifest.is_file() else None
 
 
 def verify(folder: Path, version: DatasetVersion) -> Path:

@@ -12,6 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..pretrain import MODEL
 from ..progress import Progress
 from ..tracking import DatasetRecord, Tracker
 from ..train import RESULT_FILES
@@ -26,7 +27,7 @@ from .cluster import (
 from .plan import Study, Trial, load_study, plan_trials, sweep_key
 from .results import RESULTS_DIR, trial_record, write_results
 from .storage import FINAL
-from .trial import STORAGE_MARKER, trial_driver
+from .trial import STORAGE_MARKER, pretrain_folder, trains_in_trial, trial_driver
 
 #: Attempts of the final reconciliation with MLflow, and the first wait between two.
 RECONCILE_ATTEMPTS = 6
@@ -55,7 +56,9 @@ class SweepTracking:
                     "losses": ",".join(study.sweep.losses),
                     "seeds": ",".join(map(str, study.sweep.seeds)),
                     "workers_per_trial": study.sweep.workers, "use_gpu": study.sweep.use_gpu,
-                    "lr_search.samples": study.sweep.lr_search.samples},
+                    "lr_search.samples": study.sweep.lr_search.samples,
+                    "protocol": study.start.protocol,
+                    "init_checkpoint_sha256": study.start.sha256},
             tags={"dataset": study.dataset, "data_hash": study.data_hash,
                   "storage": study.storage.uri_of(study.dataset)})
         self.behind = False  # a write failed: the reconciliation makes up for it
@@ -67,7 +70,10 @@ class SweepTracking:
                   "config": Path(spec.config).stem, "iterations": spec.iterations,
                   "batch_size": batch.batch_per_worker, "workers": self.study.sweep.workers,
                   "effective_batch_size": batch.effective_batch,
-                  "loss_terms": ",".join(f"{k}={v:g}" for k, v in spec.terms.items())}
+                  "loss_terms": ",".join(f"{k}={v:g}" for k, v in spec.terms.items()),
+                  "protocol": self.study.start.protocol,
+                  "init_checkpoint_sha256": self.study.start.sha256,
+                  "init_checkpoint_mIoU": self.study.start.mIoU}
         tags = {"dataset": self.study.dataset, "data_hash": self.study.data_hash,
                 "trial": trial.name, "storage": self.study.storage.uri_of(*trial.folder)}
         return self.tracker.child_run(self.parent_id, trial.key, trial.name, params, tags,
@@ -79,7 +85,7 @@ class SweepTracking:
         return (f"Loss {spec.loss} ({terms}), seed {spec.seed}, lr {batch.lr:g}, "
                 f"{spec.iterations or 'the config schedule of'} iterations of "
                 f"{Path(spec.config).stem} on {self.study.dataset} (data "
-                f"{self.study.data_hash[:12]}); trained from scratch.")
+                f"{self.study.data_hash[:12]}); {self.study.start.describe()}.")
 
     def dataset_record(self) -> DatasetRecord:
         data = self.study.data
@@ -224,6 +230,16 @@ def _status_table(lr_searched: bool):
         sort_by_metric=False, max_progress_rows=40)
 
 
+def _trial_resources(study: Study) -> dict:
+    """What the Tune trial itself holds: its one worker's CPUs when it trains itself; when it
+    only launches a TorchTrainer, whose workers hold the CPUs and GPUs, a token memory request
+    that keeps it from taking a CPU a worker needs."""
+    sweep = study.sweep
+    if trains_in_trial(sweep.workers, sweep.use_gpu):
+        return {"CPU": sweep.cpus_per_worker}
+    return {"memory": 1}
+
+
 def _run_tuner(study: Study, pending: list[Trial], tracking: SweepTracking):
     import ray
     from ray import tune
@@ -236,7 +252,8 @@ def _run_tuner(study: Study, pending: list[Trial], tracking: SweepTracking):
                  "lr": t.batch.lr, "spec": t.spec.to_dict(), "dataset": study.dataset,
                  "data": study.data.to_dict(), "storage": study.storage.uri,
                  "workers": study.sweep.workers, "use_gpu": study.sweep.use_gpu,
-                 "cpus_per_worker": study.sweep.cpus_per_worker} for t in pending]
+                 "cpus_per_worker": study.sweep.cpus_per_worker,
+                 "start": study.start.identity()} for t in pending]
         concurrent = concurrency(study.sweep, len(pending))
         scheduler = None
         if study.sweep.lr_search.samples:
@@ -248,9 +265,7 @@ def _run_tuner(study: Study, pending: list[Trial], tracking: SweepTracking):
         progress = Progress(f"sweep@{study.dataset}", len(pending), _log)
         callback = _tune_callback(tracking, {t.key: t for t in pending}, progress)
         tuner = tune.Tuner(
-            # The trial itself only launches the TorchTrainer, whose workers hold the CPUs and
-            # GPUs; a token memory request keeps it from taking a CPU a worker needs.
-            tune.with_resources(trial_driver, {"memory": 1}),
+            tune.with_resources(trial_driver, _trial_resources(study)),
             param_space={"trial": tune.grid_search(grid)},
             tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, scheduler=scheduler,
                                         trial_name_creator=_trial_name,
@@ -272,6 +287,14 @@ def _run_tuner(study: Study, pending: list[Trial], tracking: SweepTracking):
     finally:
         if not on_cluster():
             ray.shutdown()
+
+
+def _share_starting_weights(study: Study) -> None:
+    """The checkpoint the trials fine-tune, into the sweep's storage, where every node finds it
+    (once per checkpoint: its folder is named by its hash)."""
+    folder = pretrain_folder(study.dataset, study.start.sha256)
+    if not study.storage.exists(*folder, MODEL):
+        study.storage.upload(Path(study.start.path).parent, *folder)
 
 
 def _reconcile(tracking: SweepTracking, trials: list[Trial], records: list[dict]) -> bool:
@@ -310,6 +333,8 @@ def run_sweep(dataset: str, params_file: Path | str = "params.yaml",
     tracking = SweepTracking(tracker, study, trials)
     study.storage.write_json({"sweep_key": sweep_key(trials), "started": time.time()},
                              dataset, STORAGE_MARKER)
+    if pending and study.start.path is not None:
+        _share_starting_weights(study)
     callback = _run_tuner(study, pending, tracking) if pending else None
     for trial in pending:
         summaries[trial.key] = trial.summary(study.storage)

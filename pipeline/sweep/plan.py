@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..params import ParamsError, load_params, lookup, parse_section
+from ..pretrain import StartingPoint, starting_point
 from ..scaling import BatchPlan, plan_batch
 from ..tracking import TrackingParams
-from ..train import RunSpec, TrainParams
+from ..train import RunSpec, TrainParams, code_fingerprint
 from .datasets import (
     DatasetVersion,
     DataSourceParams,
@@ -26,10 +27,6 @@ from .datasets import (
 )
 from .storage import FINAL, Storage
 
-#: Files whose content decides a trial's numbers (with the configs and the dataset's hash).
-TRAINING_CODE = ("pipeline/train.py", "pipeline/artifacts.py", "pipeline/metrics.py",
-                 "pipeline/determinism.py", "pipeline/losses")
-CONFIGS = "mmseg_configs"
 STOPPED = "stopped.json"
 
 
@@ -44,6 +41,9 @@ class LRSearchParams:
     seed: int = 0
     grace_period: int = 100
     reduction_factor: int = 3
+    # the lr is chosen (and ASHA stops trials) on every k-th training image, held out of
+    # training; the validation set the tables report is scored only at the end
+    holdout_every: int = 5
 
     def validate(self, where: str) -> None:
         if self.samples < 0:
@@ -54,6 +54,9 @@ class LRSearchParams:
         if self.grace_period < 1 or self.reduction_factor < 2:
             raise ParamsError(f"params.yaml: {where}: grace_period must be >= 1 and "
                               "reduction_factor >= 2")
+        if self.holdout_every < 2:
+            raise ParamsError(f"params.yaml: {where}.holdout_every must be >= 2 (every k-th "
+                              f"training image is held out), got {self.holdout_every}")
 
     def rates(self) -> list[float | None]:
         if self.samples == 0:
@@ -153,6 +156,7 @@ class Study:
     storage: Storage
     config_batch: int  # train_dataloader.batch_size of the config
     config_lr: float  # optim_wrapper.optimizer.lr of the config
+    start: StartingPoint  # study.protocol and, fine-tuning, the pretrain stage's checkpoint
 
     @property
     def data_hash(self) -> str:
@@ -175,7 +179,7 @@ def load_study(dataset: str, params_file: Path | str = "params.yaml",
     storage = Storage.parse(sweep.storage, on_cluster)
     data = dataset_version(dataset, lookup(params, "data.root"), sweep.data)
     return Study(dataset, train, sweep, tracking, config, data, storage,
-                 *config_batch_and_lr(config))
+                 *config_batch_and_lr(config), starting_point(dataset, params))
 
 
 def dataset_version(dataset: str, data_root: str, source: DataSourceParams) -> DatasetVersion:
@@ -211,22 +215,6 @@ def config_batch_and_lr(config: str) -> tuple[int, float]:
 
 
 
-def _fingerprint(paths: list[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(paths):
-        digest.update(str(path).encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-def code_fingerprint() -> str:
-    files = []
-    for entry in (*TRAINING_CODE, CONFIGS):
-        path = Path(entry)
-        files.extend(sorted(path.rglob("*.py")) if path.is_dir() else [path])
-    return _fingerprint(files)
-
-
 def plan_trials(study: Study) -> list[Trial]:
     """The grid: losses x seeds x learning rates, each with its key and name.
 
@@ -246,10 +234,12 @@ def plan_trials(study: Study) -> list[Trial]:
                     iterations=study.train.iterations, val_interval=study.train.val_interval,
                     batch_size=study.train.batch_size, deterministic=study.train.deterministic,
                     overlays=study.train.overlays,
-                    threads=None if study.sweep.use_gpu else study.sweep.cpus_per_worker)
+                    threads=None if study.sweep.use_gpu else study.sweep.cpus_per_worker,
+                    holdout=study.sweep.lr_search.holdout_every if sampled is not None else 0)
                 identity = {**spec.to_dict(), "work_dir": None, "data_root": None,
                             "workers": study.sweep.workers, "gpu": study.sweep.use_gpu,
-                            "data": study.data_hash, "code": code}
+                            "data": study.data_hash, "code": code,
+                            "start": study.start.identity()}
                 key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
                 searched = f"_lr{sampled:g}" if sampled is not None else ""
                 name = f"{loss}_seed{seed}{searched}_{key[:8]}"

@@ -30,7 +30,8 @@ def trial_record(study: Study, trial: Trial, *, summary: dict | None, stopped: d
         record.update(status="finished", error=None, mIoU=summary["mIoU"],
                       mPixIoU=summary["mPixIoU"], per_class=summary["per_class"],
                       history=summary["history"], iterations=summary["iterations"],
-                      world_size=summary["world_size"], wall_time_s=summary["wall_time_s"])
+                      world_size=summary["world_size"], wall_time_s=summary["wall_time_s"],
+                      selection=summary.get("selection"))
     elif stopped is not None:
         record.update(status="stopped", error=None, mIoU=stopped.get("mIoU"),
                       mPixIoU=stopped.get("mPixIoU"), per_class=None,
@@ -47,6 +48,7 @@ def write_results(study: Study, records: list[dict], parent_id: str | None,
     """results/<dataset>.json, renamed into place whole; the same in the sweep's storage."""
     results = {"dataset": study.dataset, "config": Path(study.config).stem,
                "data_hash": study.data_hash, "storage": study.storage.uri_of(study.dataset),
+               "start": study.start.identity() | {"source": study.start.source},
                "mlflow_parent_run_id": parent_id, "trials": records}
     for storage, name in ((study.storage, f"{study.dataset}/{RESULTS}"),
                           (Storage.parse(str(results_dir)), f"{study.dataset}.json")):

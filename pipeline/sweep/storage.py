@@ -70,6 +70,19 @@ class Storage:
 
         return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
 
+    def list(self, *parts: str) -> list[str]:
+        """The names of a folder's entries; [] when there is no such folder."""
+        import pyarrow.fs as pafs
+
+        if not self.exists(*parts):
+            return []
+        found = self.fs.get_file_info(pafs.FileSelector(self.path(*parts)))
+        return sorted(posixpath.basename(info.path) for info in found)
+
+    def delete(self, *parts: str) -> None:
+        """A folder and what it holds."""
+        self.fs.delete_dir(self.path(*parts))
+
     def read_json(self, *parts: str) -> dict | None:
         if not self.exists(*parts):
             return None

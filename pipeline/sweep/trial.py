@@ -1,5 +1,5 @@
 """What runs inside Ray: one Tune trial launches one Ray Train `TorchTrainer` whose workers are
-the DDP ranks of `pipeline.train.run`.
+the DDP ranks of `pipeline.train.run`; a single-worker CPU trial is that rank itself.
 
 Nothing here reads or writes a path that only the driver sees. Each rank trains in a node-local
 work dir; the trial's state travels through Ray Train: every evaluation is a `ray.train.report`,
@@ -22,30 +22,25 @@ from .storage import FINAL, Storage
 #: Written by the driver into `<storage>/<dataset>/` before any trial starts: a rank that does
 #: not find it does not share the driver's storage (a local path on a cluster).
 STORAGE_MARKER = "sweep.json"
+#: Each node's copy of the checkpoints that fine-tuning trials start from, by sha256.
+WEIGHTS_CACHE = Path(tempfile.gettempdir()) / "pixiou-pretrain"
 #: Fault injection for the reliability tests: a folder; the first attempt of every trial fails
 #: (leaving a marker there), so the retry path runs for real. Unset in normal use.
 FAULT_ENV = "PIXIOU_FAIL_FIRST_ATTEMPT"
 
 
-class RayTrainReporter(Reporter):
-    """A run's reports, through Ray Train to the trial's folder in the sweep's storage."""
+class TrialReporter(Reporter):
+    """A run's reports, to the trial's folder in the sweep's storage: every evaluation with the
+    checkpoint it evaluated (named iter_<n>), and at the end the checkpoint `final` holding the
+    summary, the artifacts and the weights. Subclasses say how a checkpoint gets there and back.
+    """
 
-    def __init__(self, work_dir: Path, nodes: list[str]):
+    def __init__(self, work_dir: Path, nodes: list[str], storage: Storage,
+                 folder: tuple[str, str]):
         self.work_dir = work_dir
         self.nodes = ",".join(nodes)  # a string: Tune's loggers skip it, where lists warn
-
-    def restore(self, work_dir: Path) -> dict | None:
-        import ray.train
-
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
-            return None
-        checkpoint.to_directory(str(work_dir))
-        summary = read_summary(work_dir)
-        if summary is None:  # mmengine resumes from the pointer it left beside the weights
-            (weights,) = work_dir.glob("iter_*.pth")
-            (work_dir / "last_checkpoint").write_text(str(weights))
-        return summary
+        self.storage = storage
+        self.folder = folder  # the trial's, in the storage
 
     def evaluation(self, record: dict, checkpoint: Path | None) -> None:
         files = [checkpoint, self.work_dir / HISTORY] if checkpoint else []
@@ -63,11 +58,9 @@ class RayTrainReporter(Reporter):
 
     def _report(self, metrics: dict, files: list[Path], name: str | None) -> None:
         """Every rank reports; rank 0 with `files` as the checkpoint `name` (uploaded now)."""
-        import ray.train
-
         metrics = {**metrics, "nodes": self.nodes}
         if not files:
-            ray.train.report(metrics)
+            self._persist(metrics, None, None)
             return
         with tempfile.TemporaryDirectory(dir=self.work_dir.parent) as staging:
             for path in files:  # hard links: no copy of the weights on the node's disk
@@ -76,14 +69,109 @@ class RayTrainReporter(Reporter):
                     shutil.copytree(path, target, copy_function=os.link)
                 else:
                     os.link(path, target)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(staging),
-                             checkpoint_dir_name=name)
+            self._persist(metrics, Path(staging), name)
+
+    def _persist(self, metrics: dict, folder: Path | None, name: str | None) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def _resume_from(work_dir: Path) -> dict | None:
+        """The restored checkpoint's summary if the run had finished; else point mmengine at
+        its weights (it resumes from the pointer it leaves beside them)."""
+        summary = read_summary(work_dir)
+        if summary is None:
+            (weights,) = work_dir.glob("iter_*.pth")
+            (work_dir / "last_checkpoint").write_text(str(weights))
+        return summary
+
+
+class RayTrainReporter(TrialReporter):
+    """Through Ray Train (the ranks of a TorchTrainer): `ray.train.report` persists each
+    checkpoint in the trial's Ray Train run folder and keeps the last and the best;
+    `ray.train.get_checkpoint` hands the latest back to a restarted trial."""
+
+    def restore(self, work_dir: Path) -> dict | None:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        checkpoint.to_directory(str(work_dir))
+        return self._resume_from(work_dir)
+
+    def _persist(self, metrics: dict, folder: Path | None, name: str | None) -> None:
+        import ray.train
+
+        checkpoint = ray.train.Checkpoint.from_directory(str(folder)) if folder else None
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
+
+
+class TuneTrialReporter(TrialReporter):
+    """The one rank of a single-worker CPU trial, which trains inside its Tune trial (no Ray
+    Train controller and worker to start): the checkpoint goes to the same folder a Ray Train
+    run would use, the last one replacing the one before, and `ray.tune.report` carries the
+    metrics. A restarted trial (retry, new driver) finds its latest checkpoint there."""
+
+    def restore(self, work_dir: Path) -> dict | None:
+        names = self.storage.list(*self.folder)
+        if FINAL in names and self.storage.exists(*self.folder, FINAL, "summary.json"):
+            latest = FINAL
+        else:
+            saved = [n for n in names if n.startswith("iter_")]
+            if not saved:
+                return None
+            latest = max(saved, key=lambda n: int(n.removeprefix("iter_")))
+        self.storage.download(work_dir, *self.folder, latest)
+        return self._resume_from(work_dir)
+
+    def _persist(self, metrics: dict, folder: Path | None, name: str | None) -> None:
+        from ray import tune
+
+        if folder is not None:
+            self.storage.upload(folder, *self.folder, name)
+            for old in self.storage.list(*self.folder):  # only once the new one is whole
+                if old.startswith("iter_") and old != name:
+                    self.storage.delete(*self.folder, old)
+        tune.report(metrics)
+
+
+def starting_weights(storage: Storage, dataset: str, sha256: str) -> Path:
+    """The pretrain checkpoint `sha256` on this node: copied from the sweep's storage (where the
+    driver put it) once per node, and checked against its hash before any rank loads it."""
+    from filelock import FileLock
+
+    from ..pretrain import MODEL, sha256_of
+
+    target = WEIGHTS_CACHE / sha256 / MODEL
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target.parent) + ".lock"):
+        if not target.is_file():
+            staging = Path(tempfile.mkdtemp(dir=target.parent))
+            storage.download(staging, *pretrain_folder(dataset, sha256), names=[MODEL])
+            found = sha256_of(staging / MODEL) if (staging / MODEL).is_file() else "nothing"
+            if found != sha256:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise RuntimeError(f"{storage.uri_of(*pretrain_folder(dataset, sha256))}: "
+                                   f"expected the checkpoint {sha256[:12]}, found {found[:12]}")
+            (staging / MODEL).rename(target)
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def pretrain_folder(dataset: str, sha256: str) -> tuple[str, str, str]:
+    """Where a sweep's storage holds the checkpoint its trials fine-tune."""
+    return (dataset, "pretrain", sha256[:16])
 
 
 def train_worker(config: dict) -> None:
     """Ray Train worker: one DDP rank of one trial."""
     import ray.train
 
+    _train_rank(config, ray.train.get_context().get_world_rank(), RayTrainReporter)
+
+
+def _train_rank(config: dict, rank: int, reporter_class) -> None:
+    """One rank of a trial, in a node-local work dir, reporting through `reporter_class`."""
     from ..train import run
 
     _injected_fault(config["key"])
@@ -93,16 +181,20 @@ def train_worker(config: dict) -> None:
                            f"not see its {config['dataset']}/{STORAGE_MARKER}. On a cluster use "
                            "an object store (s3://...) or a folder every node mounts")
     data = dataset_folder(DatasetVersion(**config["data"]))
-    rank = ray.train.get_context().get_world_rank()
     # Configs are relative to this checkout (the one Ray shipped as working_dir).
     checkout = Path(__file__).resolve().parents[2]
     local = Path(tempfile.gettempdir()) / "pixiou-trials"
     local.mkdir(parents=True, exist_ok=True)
     work_dir = Path(tempfile.mkdtemp(prefix=f"{config['name']}-rank{rank}-", dir=local))
     try:
+        start = config["start"]
+        init = None if start["sha256"] is None else \
+            str(starting_weights(storage, config["dataset"], start["sha256"]))
         spec = RunSpec(**{**config["spec"], "config": str(checkout / config["spec"]["config"]),
-                          "work_dir": str(work_dir), "data_root": str(data.parent)})
-        run(spec, RayTrainReporter(work_dir, _worker_nodes()))
+                          "work_dir": str(work_dir), "data_root": str(data.parent),
+                          "init_checkpoint": init})
+        run(spec, reporter_class(work_dir, _worker_nodes(), storage,
+                                 (config["dataset"], config["name"])))
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)  # the trial lives on in the storage
 
@@ -139,23 +231,35 @@ def scaling_config(workers: int, use_gpu: bool, cpus_per_worker: int):
         resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})})
 
 
-def trial_driver(config: dict) -> None:
-    """Ray Tune trial: a TorchTrainer with the sweep's workers around `train_worker`.
+def trains_in_trial(workers: int, use_gpu: bool) -> bool:
+    """A single-worker CPU trial needs no process group: it trains in its Tune trial's own
+    process, without the Ray Train controller and worker that a TorchTrainer starts (seconds
+    per trial on a small machine). Multi-worker and GPU trials keep the TorchTrainer."""
+    return workers == 1 and not use_gpu
 
-    Its Ray Train run is named after the trial and lives in the trial's storage folder, so a
-    second start of the trial finds its checkpoints there. Only the last and the best (by mIoU)
-    checkpoints are kept; the last is `final` once the trial has finished.
+
+def trial_driver(config: dict) -> None:
+    """Ray Tune trial: the one rank of a single-worker CPU trial, or a TorchTrainer with the
+    sweep's workers around `train_worker`.
+
+    The TorchTrainer's Ray Train run is named after the trial and lives in the trial's storage
+    folder, so a second start of the trial finds its checkpoints there. Only the last and the
+    best (by mIoU) checkpoints are kept; the last is `final` once the trial has finished.
     """
     import ray.train
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     trial = config["trial"]
+    loop_config = {k: trial[k] for k in ("key", "name", "spec", "storage", "dataset", "data",
+                                         "start")}
+    if trains_in_trial(trial["workers"], trial["use_gpu"]):
+        _train_rank(loop_config, 0, TuneTrialReporter)
+        return
     storage = Storage.parse(trial["storage"], on_cluster=True)
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={k: trial[k] for k in ("key", "name", "spec", "storage", "dataset",
-                                                 "data")},
+        train_loop_config=loop_config,
         scaling_config=scaling_config(trial["workers"], trial["use_gpu"],
                                       trial["cpus_per_worker"]),
         run_config=ray.train.RunConfig(

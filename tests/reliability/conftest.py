@@ -21,12 +21,15 @@ COVERED: dict[str, list[str]] = {"faults injected": [], "bad inputs tried": [],
                                  "exposure checks": []}
 
 
-def reduced_study(iterations: int = 4, **sweep):
-    """The default study cut to what CI affords: one generated dataset (tiny), 2 losses x 2
-    seeds, a few iterations. Everything else, the stages and their code, is the default's."""
+def reduced_study(iterations: int = 4, pretrain_iterations: int = 6, **sweep):
+    """The default study cut to what CI affords: one generated dataset (tiny), a short CE
+    pre-training, 2 losses x 2 seeds fine-tuned for a few iterations. Everything else, the
+    stages and their code, is the default's."""
     def edit(params):
         params["study"]["datasets"] = ["synthetic_voc"]
         params["datasets"]["synthetic_voc"].update(TINY_DATA)
+        params["pretrain"].update(iterations=pretrain_iterations,
+                                  val_interval=pretrain_iterations // 2)
         params["train"].update(iterations=iterations, val_interval=iterations // 2, overlays=1)
         params["sweep"].update(losses=["ce", "pixiou"], seeds=[0, 1], **sweep)
     return edit

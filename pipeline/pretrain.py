@@ -1,0 +1,295 @@
+"""Stage pretrain@<dataset>: the cross-entropy model that every fine-tuning trial starts from.
+
+    python -m pipeline.pretrain synthetic_voc
+
+Both papers fine-tune a network trained with cross-entropy (Berman et al. fine-tune a CE-trained
+DeepLab with Lovász-Softmax; their code's README advises CE first, then Lovász). With
+`study.protocol: finetune` this stage provides that network:
+
+- a dataset listed in `pretrain.published` (the real VOC and Cityscapes) starts from a published
+  CE checkpoint of mmseg's model zoo, downloaded once and checked against its sha256;
+- any other dataset (the generated ones) is trained with CE on its `train.configs` config for
+  `pretrain.iterations`, logged to MLflow as a run of its own, and resumed from its last
+  checkpoint (work_dirs/pretrain/<dataset>/<key>/) when the stage is killed.
+
+It writes, as one DVC-cached output:
+
+    models/pretrain/<dataset>/model.pth      the weights (mmengine's {'state_dict', 'meta'})
+    models/pretrain/<dataset>/summary.json   their sha256, mIoU, mPixIoU, history and source
+
+With `study.protocol: scratch` the stage writes only a summary that says so, and trains nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+from .params import ParamsError, load_params, lookup, parse_section
+
+PROTOCOLS = ("finetune", "scratch")
+MODEL = "model.pth"
+SUMMARY = "summary.json"
+PRETRAIN_KEY = "pixiou.pretrain_key"  # the MLflow tag that finds the stage's run again
+
+
+@dataclass
+class PublishedCheckpoint:
+    """params.yaml: pretrain.published.<dataset>. A CE checkpoint and the mIoU its authors
+    published for it; `sha256` may be the prefix that the model zoo's file names carry."""
+
+    url: str
+    sha256: str
+    mIoU: float
+
+    def validate(self, where: str) -> None:
+        if len(self.sha256) < 8 or any(c not in "0123456789abcdef" for c in self.sha256):
+            raise ParamsError(f"params.yaml: {where}.sha256 must be the file's sha256 or its "
+                              f"first 8 or more hex digits (lower case), got '{self.sha256}'")
+        if urlparse(self.url).scheme not in ("http", "https"):
+            raise ParamsError(f"params.yaml: {where}.url must be an http(s) URL, got "
+                              f"'{self.url}'")
+
+
+@dataclass
+class PretrainParams:
+    """params.yaml: pretrain."""
+
+    iterations: int = 3000
+    val_interval: int = 500
+    seed: int = 0
+    lr: float | None = None  # null: the config's
+    output: str = "models/pretrain"
+    work_dir: str = "work_dirs/pretrain"
+    published: dict[str, PublishedCheckpoint] = field(default_factory=dict)
+
+    def validate(self, where: str) -> None:
+        for key in ("iterations", "val_interval"):
+            if getattr(self, key) < 1:
+                raise ParamsError(f"params.yaml: {where}.{key} must be >= 1, got "
+                                  f"{getattr(self, key)}")
+        if self.val_interval > self.iterations:
+            raise ParamsError(f"params.yaml: {where}.val_interval ({self.val_interval}) is "
+                              f"longer than {where}.iterations ({self.iterations})")
+        if self.seed < 0:
+            raise ParamsError(f"params.yaml: {where}.seed must be >= 0, got {self.seed}")
+        if self.lr is not None and not self.lr > 0:
+            raise ParamsError(f"params.yaml: {where}.lr must be > 0 or null, got {self.lr}")
+
+
+@dataclass(frozen=True)
+class StartingPoint:
+    """Where a sweep's trials start: their protocol and, fine-tuning, the checkpoint."""
+
+    protocol: str
+    sha256: str | None = None
+    mIoU: float | None = None
+    source: str | None = None  # 'trained' (this stage) or 'published' (a model zoo)
+    path: str | None = None  # model.pth on this machine
+
+    def identity(self) -> dict:
+        """What a trial's key depends on (not where the file lies)."""
+        return {"protocol": self.protocol, "sha256": self.sha256, "mIoU": self.mIoU}
+
+    def describe(self) -> str:
+        """For captions and run descriptions."""
+        if self.protocol == "scratch":
+            return "trained from scratch"
+        return (f"fine-tuned from the CE checkpoint {self.sha256[:12]} ({self.source}, "
+                f"mIoU {self.mIoU:.2f})")
+
+
+def study_protocol(params: dict) -> str:
+    protocol = lookup(params, "study.protocol")
+    if protocol not in PROTOCOLS:
+        raise ParamsError(f"params.yaml: study.protocol must be one of {PROTOCOLS}, got "
+                          f"'{protocol}'")
+    return protocol
+
+
+def starting_point(dataset: str, params: dict) -> StartingPoint:
+    """The sweep's start for `dataset`, from the pretrain stage's output on this machine."""
+    protocol = study_protocol(params)
+    if protocol == "scratch":
+        return StartingPoint("scratch")
+    pretrain = parse_section(PretrainParams, lookup(params, "pretrain"), "pretrain")
+    folder = Path(pretrain.output) / dataset
+    summary = json.loads((folder / SUMMARY).read_text()) if (folder / SUMMARY).is_file() \
+        else None
+    if summary is None or summary.get("protocol") != "finetune" or \
+            not (folder / MODEL).is_file():
+        raise ParamsError(f"{folder / MODEL} is missing: study.protocol is finetune, so the "
+                          f"trials start from the pretrain stage's model (dvc repro "
+                          f"pretrain@{dataset})")
+    return StartingPoint("finetune", summary["sha256"], summary["mIoU"], summary["source"],
+                         str((folder / MODEL).resolve()))
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --- a published checkpoint ---------------------------------------------------------------------
+
+def fetch_published(dataset: str, published: PublishedCheckpoint, downloads: Path,
+                    staging: Path, retries: int, backoff: float) -> dict:
+    """Download (once, resumably) and verify a model-zoo checkpoint into `staging`."""
+    from .data.download import DownloadError, ResumableDownloader, fetch
+
+    name = Path(urlparse(published.url).path).name
+    try:
+        path = fetch(published.url, None, downloads / "checkpoints", name,
+                     ResumableDownloader(retries=retries, backoff_seconds=backoff))
+    except (DownloadError, OSError) as error:
+        raise DownloadError(
+            f"pretrain.published.{dataset}: {published.url} could not be downloaded "
+            f"({type(error).__name__}: {error}). Offline, put the file at "
+            f"{downloads / 'checkpoints' / name}") from error
+    found = sha256_of(path)
+    if not found.startswith(published.sha256):
+        path.unlink()
+        raise DownloadError(f"pretrain.published.{dataset}: {name} has sha256 {found[:16]}..., "
+                            f"not {published.sha256}: the download was corrupt and was "
+                            f"deleted; run the stage again")
+    shutil.copyfile(path, staging / MODEL)
+    return {"source": "published", "url": published.url, "mIoU": published.mIoU,
+            "mPixIoU": None, "iterations": None, "history": []}
+
+
+# --- a trained checkpoint ------------------------------------------------------------------------
+
+def train_checkpoint(dataset: str, params: dict, pretrain: PretrainParams,
+                     staging: Path) -> dict:
+    """Train the dataset's config with CE into `staging/model.pth`; its MLflow run on the way."""
+    import torch
+
+    from .data.validate import manifest_hash
+    from .tracking import NOTE, Tracker, TrackingParams
+    from .train import (
+        Reporter,
+        RunSpec,
+        TrainParams,
+        code_fingerprint,
+        last_checkpoint,
+        run,
+    )
+
+    train = parse_section(TrainParams, lookup(params, "train"), "train")
+    data_root = lookup(params, "data.root")
+    data_hash = manifest_hash(Path(data_root) / dataset)
+    if data_hash is None:
+        raise ParamsError(f"{Path(data_root) / dataset / 'manifest.json'} is missing: build "
+                          f"the dataset first (dvc repro data@{dataset})")
+    spec = RunSpec(config=train.config_for(dataset), loss="ce", terms={"ce": 1.0},
+                   seed=pretrain.seed, work_dir="", data_root=data_root, lr=pretrain.lr,
+                   iterations=pretrain.iterations, val_interval=pretrain.val_interval,
+                   deterministic=train.deterministic, overlays=train.overlays)
+    identity = {**spec.to_dict(), "work_dir": None, "data": data_hash,
+                "code": code_fingerprint()}
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    work_dir = Path(pretrain.work_dir) / dataset / key[:16]
+    spec = RunSpec(**{**spec.to_dict(), "work_dir": str(work_dir)})
+
+    tracker = Tracker(parse_section(TrackingParams, params.get("tracking", {}), "tracking"))
+    tracker.check()
+    run_id = tracker.keyed_run(
+        PRETRAIN_KEY, key, f"pretrain-{dataset}",
+        params={"dataset": dataset, "config": Path(spec.config).stem, "loss": "ce",
+                "seed": spec.seed, "iterations": spec.iterations, "lr": spec.lr,
+                "val_interval": spec.val_interval},
+        tags={"dataset": dataset, "data_hash": data_hash, "stage": f"pretrain@{dataset}",
+              NOTE: f"Cross-entropy pre-training of "
+                                     f"{Path(spec.config).stem} on {dataset} for "
+                                     f"{spec.iterations} iterations: the model every "
+                                     f"fine-tuning trial of the study starts from."})
+
+    class TrackedRun(Reporter):
+        def evaluation(self, record: dict, checkpoint: Path | None) -> None:
+            tracker.log_evaluations(run_id, [record])
+            print(f"[pretrain] {dataset} iter {record['iteration']}: mIoU "
+                  f"{record['mIoU']:.2f} mPixIoU {record['mPixIoU']:.2f}", flush=True)
+
+    summary = run(spec, TrackedRun())
+    # our own checkpoint, from our own work dir: mmengine's resume state needs full unpickling
+    state = torch.load(last_checkpoint(work_dir), map_location="cpu", weights_only=False)
+    # Weights only (no optimizer): what a fine-tuning run loads, and a quarter of the bytes.
+    torch.save({"state_dict": state["state_dict"],
+                "meta": {"dataset": dataset, "config": Path(spec.config).stem,
+                         "iterations": summary["iterations"], "mIoU": summary["mIoU"]}},
+               staging / MODEL)
+    tracker.finish_trial(run_id, summary, work_dir)
+    return {"source": "trained", "key": key, "mlflow_run_id": run_id, "data_hash": data_hash,
+            **{k: summary[k] for k in ("mIoU", "mPixIoU", "per_class", "iterations",
+                                       "resumed_from", "wall_time_s", "history")},
+            "config": Path(spec.config).stem, "seed": spec.seed}
+
+
+# --- the stage -----------------------------------------------------------------------------------
+
+def run_stage(dataset: str, params_file: Path | str = "params.yaml") -> dict:
+    from .data.archives import atomic_folder
+
+    params = load_params(params_file)
+    datasets = lookup(params, "study.datasets")
+    if dataset not in datasets:
+        raise ParamsError(f"unknown dataset '{dataset}': params.yaml study.datasets is "
+                          f"{datasets}")
+    protocol = study_protocol(params)
+    pretrain = parse_section(PretrainParams, lookup(params, "pretrain"), "pretrain")
+    output = Path(pretrain.output) / dataset
+    with atomic_folder(output) as staging:
+        if protocol == "scratch":
+            summary = {"protocol": "scratch", "dataset": dataset,
+                       "note": "study.protocol is scratch: the trials train from scratch"}
+        else:
+            if dataset in pretrain.published:
+                data = lookup(params, "data")
+                result = fetch_published(dataset, pretrain.published[dataset],
+                                         Path(data["downloads"]), staging,
+                                         data.get("retries", 5), data.get("backoff_seconds", 2))
+            else:
+                result = train_checkpoint(dataset, params, pretrain, staging)
+            summary = {"protocol": "finetune", "dataset": dataset,
+                       "sha256": sha256_of(staging / MODEL), **result}
+        (staging / SUMMARY).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    if protocol == "finetune" and summary["source"] == "trained":
+        shutil.rmtree(Path(pretrain.work_dir) / dataset / summary["key"][:16],
+                      ignore_errors=True)  # the model now lives in DVC's cache
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .data.download import DownloadError
+    from .tracking import TrackingError
+    from .train import PretrainedWeightsError
+
+    parser = argparse.ArgumentParser(prog="python -m pipeline.pretrain",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("dataset", help="a dataset of params.yaml study.datasets")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    try:
+        summary = run_stage(args.dataset, args.params)
+    except (ParamsError, DownloadError, TrackingError, PretrainedWeightsError) as error:
+        print(f"error: pretrain@{args.dataset}: {error}", file=sys.stderr)
+        return 2
+    if summary["protocol"] == "scratch":
+        print(f"[pretrain] {args.dataset}: {summary['note']}")
+    else:
+        print(f"[pretrain] {args.dataset}: {summary['source']} checkpoint "
+              f"{summary['sha256'][:12]}, mIoU {summary['mIoU']:.2f} -> "
+              f"{Path(load_params(args.params)['pretrain']['output']) / args.dataset / MODEL}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
