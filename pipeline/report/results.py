@@ -94,6 +94,17 @@ class DatasetResults:
         return StartingPoint(**self.start).describe() if self.start else \
             "protocol not recorded"
 
+    def loss(self, key: str) -> LossResults | None:
+        return next((lr for lr in self.losses if lr.loss == key), None)
+
+    @property
+    def trials(self) -> list[TrialResult]:
+        return [t for lr in self.losses for t in lr.trials]
+
+    def counts(self) -> dict[str, int]:
+        return {status: sum(t.status == status for t in self.trials)
+                for status in (*STATUSES, MISSING)}
+
 
 def _require(record: dict, key: str, types: type | tuple, where: str, nullable=False):
     if key not in record:

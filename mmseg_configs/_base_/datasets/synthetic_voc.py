@@ -4,7 +4,7 @@ dataset_type = 'PascalVOCDataset'
 data_root = 'data/synthetic_voc/VOCdevkit/VOC2012'
 crop_size = (128, 128)
 # The generator already jitters colour and adds noise, so there is no PhotoMetricDistortion, and
-# the scale range is narrower than on real data: the embedded default learns in 160 iterations.
+# the scale range is narrower than on real data (docs/study.md, "Protocol").
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations'),

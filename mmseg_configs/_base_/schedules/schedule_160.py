@@ -1,5 +1,6 @@
 # The embedded default's CPU schedule: AdamW, a 20-iteration warmup, then linear decay to 1%.
-# lr 1e-2 and the light augmentation were chosen by measurement (see README, "Configs").
+# lr 1e-2 trains the model from random weights: the pretrain stage stretches this schedule to
+# pretrain.iterations; fine-tuning trials keep its length at train.lr (docs/study.md, "Protocol").
 optim_wrapper = dict(
     type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=1e-2, betas=(0.9, 0.999), weight_decay=1e-4))
