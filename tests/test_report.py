@@ -55,8 +55,10 @@ def write_results(directory: Path, trials, dataset="synthetic_voc",
                   config="fcn_r18-tiny-d8_1xb4-160_synthetic-voc-128x128") -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{dataset}.json"
+    start = {"protocol": "finetune", "sha256": "ab" * 32, "mIoU": 70.5, "source": "trained"}
     path.write_text(json.dumps({"dataset": dataset, "config": config, "data_hash": "h",
-                                "mlflow_parent_run_id": "p", "trials": trials}, indent=1))
+                                "mlflow_parent_run_id": "p", "start": start, "trials": trials},
+                               indent=1))
     return path
 
 
@@ -122,11 +124,21 @@ def test_fixture_results_give_the_expected_tables(fixture_study, tmp_path):
     assert "| background | 11.00 | **15.00** | **15.00** |" in md
     assert "| aeroplane | 12.00 | **16.00** | **16.00** |" in md
     assert "No finished trial, so no column: CE + Lovász-PixIoU." in md
+    # The captions say how the models were trained, and whether enough: the last interval's
+    # change (history: mIoU/2 at 80, mIoU at 160) and the classes below 1 IoU (IoU.c >= 10)
+    assert ("synthetic_voc, config `fcn_r18-tiny-d8_1xb4-160_synthetic-voc-128x128`, fine-tuned "
+            "from the CE checkpoint abababababab (trained, mIoU 70.50), 160 iterations.") in md
+    assert ("(near 0: at its plateau): CE +5.50, Lovász-Softmax +7.50, Lovász-PixIoU +7.50."
+            in md)
+    assert ("Classes whose IoU stays below 1 (mean over the seeds), of all classes: CE 0/21, "
+            "Lovász-Softmax 0/21, Lovász-PixIoU 0/21.") in md
 
     metrics = json.loads((tmp_path / "reports/metrics.json").read_text())
     assert metrics["trials"] == {"finished": 8, "failed": 1, "stopped": 0, "missing": 3}
     assert metrics["synthetic_voc"]["pixiou"]["mIoU"] == 15.0
     assert metrics["synthetic_voc"]["ce_pixiou"]["mIoU"] is None
+    assert metrics["synthetic_voc"]["ce"]["last_interval_change"] == 5.5
+    assert metrics["synthetic_voc"]["ce"]["classes_below_1"] == 0
     claim = metrics["claims"]["synthetic_voc"]["lovasz_vs_ce_mIoU"]
     assert claim["verdict"] == INCONCLUSIVE and claim["family"] == 3
     assert claim["p_value"] == pytest.approx(p_lovasz, abs=1e-4)
@@ -343,3 +355,19 @@ def test_report_stage_in_a_dvc_repo_gives_dvc_metrics_and_plots(tmp_path):
     assert "reports/plots/gradient_study/no_overlap.csv" in plots
     # A rerun with unchanged inputs is a no-op.
     assert "didn't change" in dvc(repo, "repro", "report", check=True).stdout
+
+
+def test_classes_below_1_iou_are_counted_on_the_mean_over_seeds():
+    from pipeline.report.compare import _classes_below_1, _last_change
+    from pipeline.report.results import FINISHED, LossResults, TrialResult
+
+    def trial(seed, iou_a, iou_b, curve):
+        return TrialResult("ce", seed, FINISHED, {"mIoU": 1.0, "mPixIoU": 0.0},
+                           {"IoU.a": iou_a, "IoU.b": iou_b},
+                           [{"iteration": i, "mIoU": m} for i, m in enumerate(curve)])
+
+    # a: 0.5 and 1.2 average 0.85 (below 1); b: 0 and 3 average 1.5 (not)
+    losses = LossResults("ce", {"ce": 1.0}, [trial(0, 0.5, 0.0, [10, 12, 13]),
+                                             trial(1, 1.2, 3.0, [10, 11, 14])])
+    assert _classes_below_1(losses) == (1, 2)
+    assert _last_change(losses) == 2.0  # (1 + 3) / 2

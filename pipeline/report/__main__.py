@@ -199,6 +199,8 @@ def _metrics(studies, claims) -> dict:
         metrics[results.dataset] = {row.loss: {
             **{m: _rounded(row.summaries[m].mean) for m in METRICS},
             **{f"{m}_std": _rounded(row.summaries[m].std) for m in METRICS},
+            "last_interval_change": _rounded(row.last_change),
+            "classes_below_1": row.classes_below_1[0] if row.classes_below_1 else None,
             **row.counts} for row in rows}
         for status, count in results.counts().items():
             metrics["trials"][status] = metrics["trials"].get(status, 0) + count

@@ -44,6 +44,10 @@ class LossRow:
     deltas: dict[tuple[str, str], Difference | None]  # (baseline, metric) -> paired difference
     counts: dict[str, int]  # finished / stopped / failed / missing trials
     values: dict[str, dict[int, float]]  # metric -> seed -> value
+    # Trained enough? mIoU gained over the last evaluation interval (mean over the seeds), and
+    # the classes whose IoU (mean over the seeds) stays below 1, of all classes
+    last_change: float | None = None
+    classes_below_1: tuple[int, int] | None = None
 
     @property
     def planned(self) -> int:
@@ -96,8 +100,25 @@ def loss_rows(results: DatasetResults, baselines: list[str], confidence: float) 
             loss=lr.loss, label=loss_label(lr.loss, lr.terms), terms=lr.terms,
             summaries={m: summarise(list(values[lr.loss][m].values())) for m in METRICS},
             deltas=deltas, values=values[lr.loss],
-            counts={s: len(lr.by_status(s)) for s in (FINISHED, STOPPED, FAILED, MISSING)}))
+            counts={s: len(lr.by_status(s)) for s in (FINISHED, STOPPED, FAILED, MISSING)},
+            last_change=_last_change(lr), classes_below_1=_classes_below_1(lr)))
     return rows
+
+
+def _last_change(losses: LossResults) -> float | None:
+    changes = [t.history[-1]["mIoU"] - t.history[-2]["mIoU"]
+               for t in losses.chosen().values() if len(t.history) >= 2]
+    return sum(changes) / len(changes) if changes else None
+
+
+def _classes_below_1(losses: LossResults) -> tuple[int, int] | None:
+    per_class = losses.finished_per_class()
+    names = sorted({k for pc in per_class for k in pc if k.startswith("IoU.")})
+    if not names:
+        return None
+    means = [sum(pc[k] for pc in per_class if k in pc) / sum(k in pc for pc in per_class)
+             for k in names]
+    return sum(m < 1.0 for m in means), len(names)
 
 
 def check_claim(claim: ClaimParams, results: DatasetResults, confidence: float) -> ClaimResult:

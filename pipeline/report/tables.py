@@ -102,6 +102,7 @@ def dataset_table(results: DatasetResults, rows: list[LossRow], baselines: list[
         "(docs/pixiou.md), so a class the model rarely or never predicts, with IoU near 0, "
         "scores below 0 and pulls the mean down; see the PixIoU per class table.",
     ]
+    notes += _training_notes(rows)
     notes += _trial_notes(results)
     notes += [f"[{i + 1}] {p.metric} {number(p.value)}: {p.note}" for i, p in enumerate(sources)]
     if None in published.values():
@@ -109,6 +110,22 @@ def dataset_table(results: DatasetResults, rows: list[LossRow], baselines: list[
                      "(dataset, config, iterations, loss) in reports/published.yaml.")
     return Table(f"{results.dataset}: the losses compared", header, body, notes,
                  f"tab:{results.dataset}")
+
+
+def _training_notes(rows: list[LossRow]) -> list[str]:
+    """Whether the models were trained enough, in the table's own numbers."""
+    changes = [f"{row.label} {number(row.last_change, signed=True)}" for row in rows
+               if row.last_change is not None]
+    below = [f"{row.label} {row.classes_below_1[0]}/{row.classes_below_1[1]}" for row in rows
+             if row.classes_below_1 is not None]
+    notes = []
+    if changes:
+        notes.append("Trained enough? mIoU change over each loss's last evaluation interval, "
+                     "mean over the seeds (near 0: at its plateau): " + ", ".join(changes) + ".")
+    if below:
+        notes.append("Classes whose IoU stays below 1 (mean over the seeds), of all classes: "
+                     + ", ".join(below) + ".")
+    return notes
 
 
 def _trial_notes(results: DatasetResults) -> list[str]:
