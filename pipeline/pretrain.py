@@ -38,6 +38,10 @@ SUMMARY = "summary.json"
 PRETRAIN_KEY = "pixiou.pretrain_key"  # the MLflow tag that finds the stage's run again
 
 
+class MissingPretrain(ParamsError):
+    """study.protocol is finetune, and the pretrain stage's model is not here."""
+
+
 @dataclass
 class PublishedCheckpoint:
     """params.yaml: pretrain.published.<dataset>. A CE checkpoint and the mIoU its authors
@@ -112,20 +116,27 @@ def study_protocol(params: dict) -> str:
     return protocol
 
 
-def starting_point(dataset: str, params: dict) -> StartingPoint:
-    """The sweep's start for `dataset`, from the pretrain stage's output on this machine."""
+def pretrain_output(dataset: str, params: dict) -> Path:
+    """Where the pretrain stage writes `dataset`'s model (models/pretrain/<dataset>)."""
+    pretrain = parse_section(PretrainParams, lookup(params, "pretrain"), "pretrain")
+    return Path(pretrain.output) / dataset
+
+
+def starting_point(dataset: str, params: dict, folder: Path | None = None) -> StartingPoint:
+    """The sweep's start for `dataset`: from the pretrain stage's output in `folder` (by
+    default where the stage writes it on this machine)."""
     protocol = study_protocol(params)
     if protocol == "scratch":
         return StartingPoint("scratch")
-    pretrain = parse_section(PretrainParams, lookup(params, "pretrain"), "pretrain")
-    folder = Path(pretrain.output) / dataset
+    folder = folder or pretrain_output(dataset, params)
     summary = json.loads((folder / SUMMARY).read_text()) if (folder / SUMMARY).is_file() \
         else None
     if summary is None or summary.get("protocol") != "finetune" or \
             not (folder / MODEL).is_file():
-        raise ParamsError(f"{folder / MODEL} is missing: study.protocol is finetune, so the "
-                          f"trials start from the pretrain stage's model (dvc repro "
-                          f"pretrain@{dataset})")
+        raise MissingPretrain(f"{folder / MODEL} is missing: study.protocol is finetune, so the "
+                              f"trials start from the pretrain stage's model (dvc repro "
+                              f"pretrain@{dataset}; in a Ray job, sweep.data.source: dvc and "
+                              f"`dvc push` bring it from the DVC remote)")
     return StartingPoint("finetune", summary["sha256"], summary["mIoU"], summary["source"],
                          str((folder / MODEL).resolve()))
 

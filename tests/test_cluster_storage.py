@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -217,6 +218,7 @@ def _tree_digest(folder: Path) -> dict[str, str]:
 def _tiny_study(params: dict) -> None:
     params["study"]["datasets"] = ["synthetic_voc"]
     params["datasets"]["synthetic_voc"].update(TINY_DATA)
+    params["pretrain"].update(iterations=4, val_interval=2)
 
 
 def test_a_dvc_remote_on_s3_brings_the_dataset_to_a_clone_and_to_every_node(tmp_path, stack,
@@ -229,7 +231,7 @@ def test_a_dvc_remote_on_s3_brings_the_dataset_to_a_clone_and_to_every_node(tmp_
     url = env["AWS_ENDPOINT_URL"]
     for args in (["remote", "add", "-d", "storage", "s3://study/dvc"],
                  ["remote", "modify", "storage", "endpointurl", url],
-                 ["repro", "data@synthetic_voc"], ["push"]):
+                 ["repro", "pretrain@synthetic_voc"], ["push"]):
         dvc(repo, *args, env=env, check=True)
     for args in (["add", "-A"], ["commit", "-qm", "dvc.lock and the remote"]):
         subprocess.run(GIT + args, cwd=repo, check=True)
@@ -258,7 +260,11 @@ def test_a_dvc_remote_on_s3_brings_the_dataset_to_a_clone_and_to_every_node(tmp_
     with pytest.raises(DatasetMismatch, match="keyed for synthetic_voc 000000000000"):
         dataset_folder(tampered)
 
-    # a sweep whose trials read the dataset from the remote
+    # a sweep whose trials read the dataset from the remote, and whose driver finds the model
+    # they fine-tune there too (as inside a Ray job, which gets no DVC outputs)
+    pretrained = json.loads((repo / "models/pretrain/synthetic_voc/summary.json").read_text())
+    shutil.rmtree(clone / "models")
+
     def staged(params):
         _tiny_study(params)
         params["train"].update(iterations=4, val_interval=2)
@@ -269,8 +275,12 @@ def test_a_dvc_remote_on_s3_brings_the_dataset_to_a_clone_and_to_every_node(tmp_
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     done = driver(stack, clone / "params.yaml", clone / "results", cwd=clone)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    (trial,) = json.loads((clone / "results" / "synthetic_voc.json").read_text())["trials"]
+    results = json.loads((clone / "results" / "synthetic_voc.json").read_text())
+    (trial,) = results["trials"]
     assert trial["status"] == "finished"
+    assert results["start"]["sha256"] == pretrained["sha256"]
+    assert trial["history"][0] == {**trial["history"][0], "iteration": 0,
+                                   "mIoU": pretrained["mIoU"]}
     (pulled,) = (tmp_path / "cluster-cache").glob("synthetic_voc-*/synthetic_voc")
     assert _tree_digest(pulled) == original
 
@@ -280,6 +290,8 @@ def test_ray_job_submit_keeps_its_results_in_the_storage_and_mlflow(tmp_path, ti
 
     def edit(params):
         params["study"]["datasets"] = ["synthetic_voc"]
+        # a job that fine-tunes gets the pretrain model from the DVC remote (the test above)
+        params["study"]["protocol"] = "scratch"
         params["train"].update(iterations=4, val_interval=2)
         params["sweep"].update(losses=["ce"], seeds=[0], storage="s3://study/job",
                                data={"path": str(tiny_data)})

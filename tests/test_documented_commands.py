@@ -12,6 +12,7 @@ A command added to the docs fails the first test until it is placed in one of th
 """
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import shutil
@@ -32,6 +33,7 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 RUN_IN_COPY = [
     "dvc stage list",
     "dvc repro data@synthetic_voc",
+    "dvc repro pretrain@synthetic_voc",
     "make repro",
     "dvc repro",
     "make status",
@@ -43,6 +45,15 @@ RUN_IN_COPY = [
     "dvc exp show",
     "dvc remote add -d storage s3://my-bucket/pixiou/dvc",
     "dvc remote modify storage endpointurl https://s3.example.org",
+]
+#: Measurements (minutes of training): run in the copy, after the above, shortened to a few
+#: iterations (`shortened`), everything else as written.
+MEASURED = [
+    "python -m pipeline.train mmseg_configs/fcn_r18-tiny-d8_1xb4-160_synthetic-voc-128x128.py "
+    "--loss ce --seed 0 --iterations 3000 --val-interval 500 --work-dir work_dirs/ce-curve-voc",
+    "python -m pipeline.train mmseg_configs/fcn_r18-tiny-d8_1xb4-160_synthetic-voc-128x128.py "
+    "--loss ce --seed 0 --iterations 320 --val-interval 80 --lr 0.001 --init-checkpoint "
+    "work_dirs/ce-curve-voc/iter_3000.pth --work-dir work_dirs/ce-continued-voc",
 ]
 #: Servers: started in the copy, answered on their port, stopped.
 SERVED = {"make ui": 5000, "make ui UI_PORT=5001": 5001}
@@ -79,7 +90,7 @@ def documented() -> dict[str, set[str]]:
 
 
 def test_every_documented_command_is_exercised():
-    placed = [*RUN_IN_COPY, *SERVED, *CI, *NEEDS]
+    placed = [*RUN_IN_COPY, *MEASURED, *SERVED, *CI, *NEEDS]
     assert len(placed) == len(set(placed))
     assert set(documented()) == set(placed), (
         f"documented, not exercised: {sorted(set(documented()) - set(placed))}; "
@@ -95,10 +106,19 @@ def test_ci_runs_exactly_make_test():
 def _tiny(params):
     params["study"]["datasets"] = ["synthetic_voc"]
     params["datasets"]["synthetic_voc"].update(TINY_DATA)
+    params["pretrain"].update(iterations=4, val_interval=2)
     params["train"].update(iterations=4, val_interval=2, overlays=1)
     params["sweep"].update(losses=["ce", "lovasz"], seeds=[0])
     params["report"]["claims"] = [{"better": "lovasz", "worse": "ce", "metric": "mIoU",
                                    "source": "Berman et al. 2018"}]
+
+
+def shortened(command: str) -> str:
+    """A measurement's command with 4 iterations, evaluated every 2 (and its checkpoints'
+    names to match)."""
+    command = re.sub(r"--iterations \d+", "--iterations 4", command)
+    command = re.sub(r"--val-interval \d+", "--val-interval 2", command)
+    return re.sub(r"iter_\d+\.pth", "iter_4.pth", command)
 
 
 def _shell(command: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -116,6 +136,11 @@ def test_the_documented_commands_run_as_written(tmp_path):
         assert done.returncode == 0, f"{command}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
         said[command] = done.stdout + done.stderr
     assert (repo / "reports" / "tables.md").is_file() and (repo / "dvc.lock").is_file()
+    for command in MEASURED:
+        done = _shell(shortened(command), repo)
+        assert done.returncode == 0, f"{command}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    continued = json.loads((repo / "work_dirs/ce-continued-voc/summary.json").read_text())
+    assert continued["history"][0]["iteration"] == 0  # it started from the curve's weights
     assert "sweep FINISHED" in said["make status"]
     assert "results fetched" in said["python -m pipeline.sweep synthetic_voc --fetch"]
     assert (repo / "dvc_plots" / "index.html").is_file()

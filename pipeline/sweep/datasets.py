@@ -64,18 +64,17 @@ class DatasetVersion:
         return dict(self.__dict__)
 
 
-def locked_version(dataset: str, data_root: str, lock_file: Path = Path("dvc.lock")) -> str:
-    """dvc.lock's hash of the data stage's output `<data_root>/<dataset>`."""
+def locked_output(stage: str, path: Path, lock_file: Path = Path("dvc.lock")) -> str:
+    """dvc.lock's hash of `path`, an output of `stage` (what `dvc push` sent to the remote)."""
     if not lock_file.is_file():
         raise ParamsError(f"sweep.data.source is 'dvc' but {lock_file} is missing: run "
-                          f"`dvc repro data@{dataset}` and `dvc push` first")
+                          f"`dvc repro {stage}` and `dvc push` first")
     lock = yaml.safe_load(lock_file.read_text()) or {}
-    stage = lock.get("stages", {}).get(f"data@{dataset}", {})
-    for out in stage.get("outs", []):
-        if Path(out["path"]) == Path(data_root) / dataset:
+    for out in lock.get("stages", {}).get(stage, {}).get("outs", []):
+        if Path(out["path"]) == Path(path):
             return out["md5"]
-    raise ParamsError(f"{lock_file} records no output {Path(data_root) / dataset} of stage "
-                      f"data@{dataset}: run `dvc repro data@{dataset}` and `dvc push`")
+    raise ParamsError(f"{lock_file} records no output {path} of stage {stage}: run "
+                      f"`dvc repro {stage}` and `dvc push`")
 
 
 def remote_settings(name: str | None, repo_root: Path = Path(".")) -> dict:
@@ -115,48 +114,52 @@ def verify(folder: Path, version: DatasetVersion) -> Path:
 
 
 def stage_from_remote(version: DatasetVersion) -> Path:
-    """Pull `version` from its DVC remote into this node's cache, once; the dataset folder.
+    """Pull `version` from its DVC remote into this node's cache, once; the dataset folder."""
+    return pull_locked(version.dataset, version.dvc_md5, version.remote, version.cache)
+
+
+def pull_locked(name: str, md5: str, remote: dict, cache: str) -> Path:
+    """The DVC-tracked folder `name` at hash `md5`, pulled from `remote` into this node's
+    `cache` once (under a file lock); its path.
 
     A no-SCM DVC repo in the cache holds one `.dvc` file per version: DVC fetches and checks
     out exactly that hash, verifying its objects, and a second trial on the node finds it done.
     """
     from filelock import FileLock
 
-    cache = Path(version.cache).expanduser()
-    folder = cache / f"{version.dataset}-{version.dvc_md5.removesuffix('.dir')}"
+    cache_dir = Path(cache).expanduser()
+    folder = cache_dir / f"{name}-{md5.removesuffix('.dir')}"
     done = folder / ".complete"
-    cache.mkdir(parents=True, exist_ok=True)
+    cache_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):
         if not done.is_file():
-            _pull(version, folder)
+            _pull(name, md5, remote, folder)
             done.touch()
-    return folder / version.dataset
+    return folder / name
 
 
-def _pull(version: DatasetVersion, folder: Path) -> None:
+def _pull(name: str, md5: str, remote: dict, folder: Path) -> None:
     from dvc.repo import Repo
 
     if not (folder / ".dvc").is_dir():
         folder.mkdir(parents=True, exist_ok=True)
         Repo.init(str(folder), no_scm=True, force=True)
     # verify: DVC recomputes the hash of every object it pulls
-    remote = {**version.remote, "verify": "true"}
+    remote = {**remote, "verify": "true"}
     options = "".join(f"    {k} = {str(v).lower() if isinstance(v, bool) else v}\n"
                       for k, v in remote.items())
     (folder / ".dvc" / "config").write_text(
         "[core]\n    no_scm = true\n    remote = origin\n    analytics = false\n"
         "    check_update = false\n"
         f"['remote \"origin\"']\n{options}")
-    pointer = folder / f"{version.dataset}.dvc"
-    pointer.write_text(yaml.safe_dump({"outs": [{"md5": version.dvc_md5, "path": version.dataset,
-                                                 "hash": "md5"}]}))
+    pointer = folder / f"{name}.dvc"
+    pointer.write_text(yaml.safe_dump({"outs": [{"md5": md5, "path": name, "hash": "md5"}]}))
     try:
         Repo(str(folder)).pull(targets=[str(pointer)])
     except Exception as error:  # noqa: BLE001 - DVC's errors say what failed; add where
-        raise DatasetMismatch(f"node {socket.gethostname()}: could not pull {version.dataset} "
-                              f"{version.dvc_md5} from the DVC remote {version.remote.get('url')}"
-                              f" ({type(error).__name__}: {error}). Was it pushed (`dvc push`)?"
-                              ) from None
+        raise DatasetMismatch(f"node {socket.gethostname()}: could not pull {name} {md5} from "
+                              f"the DVC remote {remote.get('url')} ({type(error).__name__}: "
+                              f"{error}). Was it pushed (`dvc push`)?") from None
 
 
 def dataset_folder(version: DatasetVersion) -> Path:

@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..params import ParamsError, load_params, lookup, parse_section
-from ..pretrain import StartingPoint, starting_point
+from ..pretrain import MissingPretrain, StartingPoint, pretrain_output, starting_point
 from ..scaling import BatchPlan, plan_batch
 from ..tracking import TrackingParams
 from ..train import RunSpec, TrainParams, code_fingerprint
 from .datasets import (
     DatasetVersion,
     DataSourceParams,
-    locked_version,
+    locked_output,
     manifest_hash,
     remote_settings,
 )
@@ -179,7 +179,24 @@ def load_study(dataset: str, params_file: Path | str = "params.yaml",
     storage = Storage.parse(sweep.storage, on_cluster)
     data = dataset_version(dataset, lookup(params, "data.root"), sweep.data)
     return Study(dataset, train, sweep, tracking, config, data, storage,
-                 *config_batch_and_lr(config), starting_point(dataset, params))
+                 *config_batch_and_lr(config), study_start(dataset, params, sweep.data))
+
+
+def study_start(dataset: str, params: dict, source: DataSourceParams) -> StartingPoint:
+    """The trials' starting point; with the 'dvc' source and no pretrain model here (a driver
+    inside `ray job submit`), the version dvc.lock names, pulled from the DVC remote."""
+    try:
+        return starting_point(dataset, params)
+    except MissingPretrain:
+        if source.source != "dvc":
+            raise
+    from .datasets import pull_locked
+
+    output = pretrain_output(dataset, params)
+    md5 = locked_output(f"pretrain@{dataset}", output)
+    folder = pull_locked(f"pretrain-{dataset}", md5, remote_settings(source.remote),
+                         source.cache)
+    return starting_point(dataset, params, folder)
 
 
 def dataset_version(dataset: str, data_root: str, source: DataSourceParams) -> DatasetVersion:
@@ -199,7 +216,8 @@ def dataset_version(dataset: str, data_root: str, source: DataSourceParams) -> D
                     else "sweep.data.path must hold the datasets the data stage built")
             raise ParamsError(f"{folder / dataset / 'manifest.json'} is missing: {hint}")
         return DatasetVersion(dataset, content, "path", path=str(folder))
-    version = DatasetVersion(dataset, "", "dvc", dvc_md5=locked_version(dataset, data_root),
+    version = DatasetVersion(dataset, "", "dvc",
+                             dvc_md5=locked_output(f"data@{dataset}", Path(data_root) / dataset),
                              remote=remote_settings(source.remote), cache=source.cache)
     content = manifest_hash(Path(data_root) / dataset) or \
         manifest_hash(stage_from_remote(version))

@@ -48,6 +48,12 @@ BAD_PARAMS = [
     ("unknown loss", _set("sweep.losses", ["ce", "dice"]), "unknown loss 'dice'"),
     ("unknown dataset", _set("study.datasets", ["synthetic_voc", "imagenet"]), "imagenet"),
     ("missing section", _delete("sweep"), "sweep"),
+    ("pretrain iterations", _set("pretrain.iterations", 0), "pretrain.iterations must be >= 1"),
+    ("pretrain interval", _set("pretrain.val_interval", 100),
+     "pretrain.val_interval (100) is longer than pretrain.iterations"),
+    ("pretrain checkpoint hash", _set("pretrain.published.voc.sha256", "c7ff"),
+     "pretrain.published.voc.sha256 must be the file's sha256"),
+    ("unknown protocol", _set("study.protocol", "fine-tune"), "study.protocol must be one of"),
 ]
 
 
@@ -55,6 +61,7 @@ BAD_PARAMS = [
 def test_bad_params_fail_before_any_work_naming_the_key(study, covered, what, edit, message):
     lock = (study / "dvc.lock").read_text()
     trials, result = summaries(study), results(study)
+    model = (study / "models/pretrain/synthetic_voc/model.pth").stat().st_mtime_ns
     with params_edited(study, edit):
         done = dvc(study, "repro")
     output = done.stdout + done.stderr
@@ -64,6 +71,7 @@ def test_bad_params_fail_before_any_work_naming_the_key(study, covered, what, ed
     assert summaries(study) == trials
     assert results(study) == result
     assert (study / "dvc.lock").read_text() == lock
+    assert (study / "models/pretrain/synthetic_voc/model.pth").stat().st_mtime_ns == model
     covered("bad inputs tried", f"params.yaml {what}: {message}")
 
 

@@ -1,4 +1,5 @@
-"""`kill -9` of `dvc repro` in the middle of the sweep, then `dvc repro` again."""
+"""`kill -9` of `dvc repro` in the middle of the pre-training or of the sweep, then `dvc repro`
+again."""
 from __future__ import annotations
 
 import csv
@@ -50,7 +51,7 @@ def test_kill_9_of_dvc_repro_during_the_sweep_then_repro_completes(tmp_path, cov
     experiment = client.get_experiment_by_name("pixiou-study")
     runs = client.search_runs([experiment.experiment_id], max_results=100)
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(runs) - len(children) == 1  # one parent
+    assert sum("pixiou.sweep_key" in r.data.tags for r in runs) == 1  # one parent
     assert sorted(c.data.tags["pixiou.trial_key"] for c in children) == \
         sorted(t["key"] for t in trials)  # one child per trial, none twice
     assert all(c.info.status == "FINISHED" for c in children)
@@ -66,3 +67,36 @@ def test_kill_9_of_dvc_repro_during_the_sweep_then_repro_completes(tmp_path, cov
         assert float(row["mIoU"]) == trial["mIoU"]
     assert "up to date" in dvc(repo, "status").stdout
     covered("faults injected", f"kill -9 of dvc repro after {len(finished_before)} of 4 trials")
+
+
+def test_kill_9_of_dvc_repro_during_the_pretraining_then_repro_resumes_it(tmp_path, covered):
+    repo = project_copy(tmp_path / "repo", reduced_study(pretrain_iterations=400))
+    run = subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "repro"], cwd=repo,
+                           env=STAGE_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    work_dirs = repo / "work_dirs/pretrain/synthetic_voc"
+    deadline = time.time() + 600
+    while not list(work_dirs.glob("*/iter_200.pth")):
+        assert run.poll() is None, "dvc repro ended before the pre-training's first checkpoint"
+        assert time.time() < deadline, "no pre-training checkpoint in 10 minutes"
+        time.sleep(0.1)
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    assert not (repo / "models/pretrain/synthetic_voc/summary.json").exists()
+
+    dvc(repo, "repro", check=True)
+    summary = json.loads((repo / "models/pretrain/synthetic_voc/summary.json").read_text())
+    assert summary["iterations"] == 400
+    assert summary["resumed_from"] in (200, 400)  # from the checkpoint the kill left
+    assert [h["iteration"] for h in summary["history"]] == [200, 400]
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("pixiou-study")
+    (pretrain,) = client.search_runs([experiment.experiment_id],
+                                     "tags.`pixiou.pretrain_key` LIKE '%'")  # one run, reopened
+    assert pretrain.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(pretrain.info.run_id, "mIoU")] == \
+        [200, 400]  # each evaluation once
+    assert [t["status"] for t in results(repo)["trials"]] == ["finished"] * 4
+    assert all(t["history"][0]["mIoU"] == summary["mIoU"] for t in results(repo)["trials"])
+    assert "up to date" in dvc(repo, "status").stdout
+    covered("faults injected", "kill -9 of dvc repro during the pre-training")
