@@ -2,8 +2,8 @@
 
     python -m bench.sweep_parallel [--trials N] [--iterations 160] [--out ...]
 
-Both sweeps are the real stage (`pipeline.sweep.run_sweep`: Ray Tune over Ray Train trials,
-MLflow tracking) on the generated VOC data, each from empty storage, one right after the other
+Both sweeps are the real stage (`pipeline.sweep.run_sweep`: Ray Tune trials, each training in
+its own process as single-worker CPU trials do, MLflow tracking) on the generated VOC data, each from empty storage, one right after the other
 (not interleaved: each needs every CPU). The default length is the embedded default's.
 Efficiency = T(one after another) / (N x T(N at once)); target >= 85%. Ray's start-up is inside
 both times, as it is for a user. Needs data/synthetic_voc (dvc repro data@synthetic_voc).
@@ -29,8 +29,8 @@ def sweep_seconds(workdir: Path, trials: int, iterations: int,
     from pipeline.sweep import run_sweep
 
     params = yaml.safe_load(Path("params.yaml").read_text())
-    params["study"]["datasets"] = ["synthetic_voc"]
-    params["train"].update(iterations=iterations, val_interval=iterations // 2)
+    params["study"].update(datasets=["synthetic_voc"], protocol="scratch")  # no pretrain model
+    params["train"].update(iterations=iterations, val_interval=iterations // 2, lr=None)
     params["sweep"].update(losses=["ce"], seeds=list(range(trials)), cpu_workers_per_trial=1,
                            cpus_per_worker=1, max_concurrent_trials=concurrent,
                            storage=str(workdir / "sweeps"), lr_search={"samples": 0})

@@ -2,7 +2,8 @@
 
     python -m pipeline.status [--params params.yaml]      # or: make status
 
-For each dataset of `study.datasets`: its latest sweep (MLflow parent run), how many of its
+For each dataset of `study.datasets`: its CE pre-training (the iteration and mIoU it reached),
+its latest sweep (MLflow parent run), how many of its
 planned trials are done, running and waiting, the time since it started and, at the pace so
 far, the time left; and what results/<dataset>.json holds.
 """
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 from .params import ParamsError, load_params, lookup, parse_section
+from .pretrain import PRETRAIN_KEY
 from .progress import duration, standing
 from .tracking import PARENT, SWEEP_KEY, Tracker, TrackingParams, tracking_uri
 
@@ -25,6 +27,23 @@ def planned_trials(params: dict[str, str]) -> int:
     """losses x seeds x learning rates, from the sweep's parent-run params."""
     count = lambda key: len([v for v in params.get(key, "").split(",") if v])  # noqa: E731
     return count("losses") * count("seeds") * max(1, int(params.get("lr_search.samples", 0)))
+
+
+def pretrain_line(tracker: Tracker, dataset: str) -> str | None:
+    """The dataset's CE pre-training (its MLflow run), if one has started."""
+    client = tracker.client
+    experiment = client.get_experiment_by_name(tracker.params.experiment)
+    runs = [] if experiment is None else client.search_runs(
+        [experiment.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
+        filter_string=f"tags.dataset = '{dataset}' and tags.`{PRETRAIN_KEY}` != ''")
+    if not runs:
+        return None
+    run = runs[0]
+    history = client.get_metric_history(run.info.run_id, "mIoU")
+    latest = max(history, key=lambda m: m.step) if history else None
+    reached = (f"iteration {latest.step} of {run.data.params.get('iterations', '?')}, mIoU "
+               f"{latest.value:.2f}") if latest else "no evaluation yet"
+    return f"pretrain {run.info.status}: {reached}"
 
 
 def sweep_line(tracker: Tracker, dataset: str, now: float) -> str:
@@ -86,10 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"MLflow {uri}, experiment {tracking.experiment}")
     for dataset in datasets:
         try:  # reads only: a missing store is not created
-            line = sweep_line(tracker, dataset, now) if readable else "no MLflow store yet"
+            lines = [pretrain_line(tracker, dataset), sweep_line(tracker, dataset, now)] \
+                if readable else ["no MLflow store yet"]
         except Exception as error:  # noqa: BLE001 - the store's failures vary; say it
-            line = f"MLflow not readable ({type(error).__name__}: {str(error)[:200]})"
-        print(f"{dataset:<{width}}  {line}")
+            lines = [f"MLflow not readable ({type(error).__name__}: {str(error)[:200]})"]
+        for i, line in enumerate(line for line in lines if line):
+            print(f"{dataset if i == 0 else '':<{width}}  {line}")
         print(f"{'':<{width}}  {results_line(results_dir, dataset)}")
     return 0
 

@@ -53,6 +53,18 @@ def test_status_reads_a_running_and_a_finished_sweep_from_mlflow(tmp_path):
     out = status(path)
     assert "synthetic_voc         sweep RUNNING: 2/6 done, 1 running, 3 waiting; " in out
     assert "synthetic_cityscapes  no sweep has started" in out
+    assert "pretrain" not in out
+
+    # the other dataset's CE pre-training under way
+    from pipeline.pretrain import PRETRAIN_KEY
+
+    run = tracker.keyed_run(PRETRAIN_KEY, "key-pre", "pretrain-synthetic_cityscapes",
+                            params={"iterations": 3000}, tags={"dataset": "synthetic_cityscapes"})
+    tracker.log_evaluations(run, [{"iteration": 500, "mIoU": 35.34},
+                                  {"iteration": 1000, "mIoU": 44.72}])
+    out = status(path)
+    assert ("synthetic_cityscapes  pretrain RUNNING: iteration 1000 of 3000, mIoU 44.72\n"
+            "                      no sweep has started") in out
     assert f"{tmp_path / 'results' / 'synthetic_voc.json'}: not written yet" in out
 
     tracker.end_parent(parent, {"finished": 5, "stopped": 0, "failed": 1})
