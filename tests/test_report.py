@@ -371,3 +371,28 @@ def test_classes_below_1_iou_are_counted_on_the_mean_over_seeds():
                                              trial(1, 1.2, 3.0, [10, 11, 14])])
     assert _classes_below_1(losses) == (1, 2)
     assert _last_change(losses) == 2.0  # (1 + 3) / 2
+
+
+def test_the_readme_shows_the_committed_reports_tables():
+    from pipeline.report.readme import main as readme
+
+    assert readme(["--readme", str(ROOT / "README.md"), "--tables",
+                   str(ROOT / "reports/tables.md"), "--check"]) == 0
+
+
+def test_the_readme_results_are_regenerated_from_the_tables(tmp_path):
+    from pipeline.report.readme import BEGIN, END
+    from pipeline.report.readme import main as readme
+
+    tables = tmp_path / "tables.md"
+    tables.write_text("# The study's results\n\n### The papers' claims, checked (a family of 2)\n"
+                      "\n| a |\n\n### d: the losses compared\n\n| b |\n\n### d: IoU per class\n"
+                      "\n| c |\n")
+    path = tmp_path / "README.md"
+    path.write_text(f"intro\n{BEGIN}\nold numbers\n{END}\nrest\n")
+    assert readme(["--readme", str(path), "--tables", str(tables), "--check"]) == 1
+    assert readme(["--readme", str(path), "--tables", str(tables)]) == 0
+    assert path.read_text() == (f"intro\n{BEGIN}\n#### The papers' claims, checked (a family "
+                                f"of 2)\n\n| a |\n\n#### d: the losses compared\n\n| b |\n{END}"
+                                "\nrest\n")
+    assert readme(["--readme", str(path), "--tables", str(tables), "--check"]) == 0
