@@ -29,17 +29,22 @@ def planned_trials(params: dict[str, str]) -> int:
     return count("losses") * count("seeds") * max(1, int(params.get("lr_search.samples", 0)))
 
 
-def pretrain_line(tracker: Tracker, dataset: str) -> str | None:
-    """The dataset's CE pre-training (its MLflow run), if one has started."""
+def latest_run(tracker: Tracker, dataset: str, key_tag: str):
+    """The dataset's latest run that carries `key_tag` (a stage's key), or None."""
     client = tracker.client
     experiment = client.get_experiment_by_name(tracker.params.experiment)
     runs = [] if experiment is None else client.search_runs(
         [experiment.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
-        filter_string=f"tags.dataset = '{dataset}' and tags.`{PRETRAIN_KEY}` != ''")
-    if not runs:
+        filter_string=f"tags.dataset = '{dataset}' and tags.`{key_tag}` != ''")
+    return runs[0] if runs else None
+
+
+def pretrain_line(tracker: Tracker, dataset: str) -> str | None:
+    """The dataset's CE pre-training (its MLflow run), if one has started."""
+    run = latest_run(tracker, dataset, PRETRAIN_KEY)
+    if run is None:
         return None
-    run = runs[0]
-    history = client.get_metric_history(run.info.run_id, "mIoU")
+    history = tracker.client.get_metric_history(run.info.run_id, "mIoU")
     latest = max(history, key=lambda m: m.step) if history else None
     reached = (f"iteration {latest.step} of {run.data.params.get('iterations', '?')}, mIoU "
                f"{latest.value:.2f}") if latest else "no evaluation yet"
@@ -47,16 +52,12 @@ def pretrain_line(tracker: Tracker, dataset: str) -> str | None:
 
 
 def sweep_line(tracker: Tracker, dataset: str, now: float) -> str:
-    client = tracker.client
-    experiment = client.get_experiment_by_name(tracker.params.experiment)
-    parents = [] if experiment is None else client.search_runs(
-        [experiment.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
-        filter_string=f"tags.dataset = '{dataset}' and tags.`{SWEEP_KEY}` != ''")
-    if not parents:
+    parent = latest_run(tracker, dataset, SWEEP_KEY)
+    if parent is None:
         return "no sweep has started"
-    parent = parents[0]
-    children = client.search_runs([experiment.experiment_id], max_results=10000,
-                                  filter_string=f"tags.`{PARENT}` = '{parent.info.run_id}'")
+    children = tracker.client.search_runs(
+        [parent.info.experiment_id], max_results=10000,
+        filter_string=f"tags.`{PARENT}` = '{parent.info.run_id}'")
     statuses = [c.info.status for c in children]
     done = sum(s in TERMINAL for s in statuses)
     running = sum(s == "RUNNING" for s in statuses)

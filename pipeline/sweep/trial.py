@@ -246,16 +246,16 @@ def trial_driver(config: dict) -> None:
     folder, so a second start of the trial finds its checkpoints there. Only the last and the
     best (by mIoU) checkpoints are kept; the last is `final` once the trial has finished.
     """
-    import ray.train
-    from ray.train.torch import TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
-
     trial = config["trial"]
     loop_config = {k: trial[k] for k in ("key", "name", "spec", "storage", "dataset", "data",
                                          "start")}
     if trains_in_trial(trial["workers"], trial["use_gpu"]):
         _train_rank(loop_config, 0, TuneTrialReporter)
         return
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
     storage = Storage.parse(trial["storage"], on_cluster=True)
     trainer = TorchTrainer(
         train_worker,
