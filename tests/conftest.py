@@ -31,7 +31,7 @@ def study_params(tmp_path: Path, data_root: Path, **sections) -> Path:
     params["pretrain"].update(iterations=4, val_interval=2,
                               output=str(tmp_path / "models" / "pretrain"),
                               work_dir=str(tmp_path / "work_dirs" / "pretrain"))
-    params["train"].update(iterations=4, val_interval=2, overlays=2)
+    params["train"].update(iterations=4, val_interval=2, overlays=2, lr=None)  # the config's
     params["sweep"].update(losses=["ce", "pixiou"], seeds=[0],
                            storage=str(tmp_path / "sweeps"))
     params["tracking"].update(uri=f"sqlite:///{tmp_path / 'mlflow.db'}",

@@ -283,3 +283,31 @@ def test_lr_search_draws_reproducible_rates_in_range():
     assert all(1e-4 <= r <= 1e-2 for r in rates)
     assert LRSearchParams().rates() == [None]
 
+
+
+def test_a_trial_resumes_from_its_last_whole_checkpoint_only(tmp_path):
+    """A single-worker trial writes each checkpoint's marker file last; one that a kill cut
+    short (no marker) is passed over when the trial starts again."""
+    from pipeline.sweep.storage import Storage
+    from pipeline.sweep.trial import TuneTrialReporter
+
+    root = tmp_path / "storage"
+    folder = root / "synthetic_voc" / "ce_seed0_abcd1234"
+    for name, files in (("iter_4", ["iter_4.pth", "eval_history.jsonl"]),
+                        ("iter_6", ["iter_6.pth"]),  # cut short: no history yet
+                        ("final", ["iter_8.pth", "config.py"])):  # cut short: no summary
+        (folder / name).mkdir(parents=True)
+        for file in files:
+            (folder / name / file).write_text(file)
+    storage = Storage.parse(str(root))
+    work = tmp_path / "work"
+    work.mkdir()
+    reporter = TuneTrialReporter(work, ["node"], storage, ("synthetic_voc", "ce_seed0_abcd1234"))
+    assert reporter.restore(work) is None  # not finished: it resumes
+    assert (work / "last_checkpoint").read_text() == str(work / "iter_4.pth")
+    assert not (work / "iter_6.pth").exists()
+
+    (folder / "final" / "summary.json").write_text('{"mIoU": 1.0}')  # now final is whole
+    again = tmp_path / "again"
+    again.mkdir()
+    assert reporter.restore(again) == {"mIoU": 1.0}

@@ -118,6 +118,17 @@ class Storage:
                             destination_filesystem=pafs.LocalFileSystem())
         return local
 
+    def put(self, local: Path, *parts: str) -> None:
+        """A local file or folder, to exactly that path of the storage."""
+        import pyarrow.fs as pafs
+
+        if local.is_dir():
+            self.upload(local, *parts)
+            return
+        self.fs.create_dir(posixpath.dirname(self.path(*parts)), recursive=True)
+        pafs.copy_files(str(local.resolve()), self.path(*parts),
+                        source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs)
+
     def upload(self, local: Path, *parts: str) -> None:
         import pyarrow.fs as pafs
 

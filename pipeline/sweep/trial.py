@@ -15,7 +15,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..train import HISTORY, RESULT_FILES, Reporter, RunSpec, last_checkpoint, read_summary
+from ..train import (
+    HISTORY,
+    RESULT_FILES,
+    SUMMARY,
+    Reporter,
+    RunSpec,
+    last_checkpoint,
+    read_summary,
+)
 from .datasets import DatasetVersion, dataset_folder
 from .storage import FINAL, Storage
 
@@ -113,14 +121,13 @@ class TuneTrialReporter(TrialReporter):
     metrics. A restarted trial (retry, new driver) finds its latest checkpoint there."""
 
     def restore(self, work_dir: Path) -> dict | None:
-        names = self.storage.list(*self.folder)
-        if FINAL in names and self.storage.exists(*self.folder, FINAL, "summary.json"):
+        saved = [n for n in self.storage.list(*self.folder) if self._whole(n)]
+        if FINAL in saved:
             latest = FINAL
-        else:
-            saved = [n for n in names if n.startswith("iter_")]
-            if not saved:
-                return None
+        elif saved:
             latest = max(saved, key=lambda n: int(n.removeprefix("iter_")))
+        else:
+            return None
         self.storage.download(work_dir, *self.folder, latest)
         return self._resume_from(work_dir)
 
@@ -128,11 +135,23 @@ class TuneTrialReporter(TrialReporter):
         from ray import tune
 
         if folder is not None:
-            self.storage.upload(folder, *self.folder, name)
+            # Its marker last: a checkpoint cut short by a kill has none, and is never restored
+            marker = self._marker(name)
+            for entry in sorted(folder.iterdir(), key=lambda path: path.name == marker):
+                self.storage.put(entry, *self.folder, name, entry.name)
             for old in self.storage.list(*self.folder):  # only once the new one is whole
                 if old.startswith("iter_") and old != name:
                     self.storage.delete(*self.folder, old)
         tune.report(metrics)
+
+    @staticmethod
+    def _marker(name: str) -> str:
+        """The file written last into checkpoint `name`: its presence means it is whole."""
+        return SUMMARY if name == FINAL else HISTORY
+
+    def _whole(self, name: str) -> bool:
+        return (name == FINAL or name.startswith("iter_")) and \
+            self.storage.exists(*self.folder, name, self._marker(name))
 
 
 def starting_weights(storage: Storage, dataset: str, sha256: str) -> Path:
