@@ -36,8 +36,10 @@ def reduced_study(iterations: int = 4, pretrain_iterations: int = 6, **sweep):
 
 
 def summaries(repo: Path) -> dict[Path, int]:
-    """Each finished trial's summary.json and its modification time (ns)."""
-    return {p: p.stat().st_mtime_ns for p in (repo / "work_dirs/sweeps").rglob("summary.json")}
+    """Each finished trial's summary.json (in its final checkpoint) and its modification time
+    (ns)."""
+    return {p: p.stat().st_mtime_ns
+            for p in (repo / "work_dirs/sweeps").glob("*/*/final/summary.json")}
 
 
 def results(repo: Path) -> dict:

@@ -80,8 +80,11 @@ def test_the_ui_serves_the_study_runs_over_its_rest_api(ui, study, covered):
     found = get(f"{api}/runs/search", {"experiment_ids": [experiment["experiment_id"]],
                                        "max_results": 100})["runs"]
     tags = lambda run: {t["key"]: t["value"] for t in run["data"].get("tags", [])}  # noqa: E731
-    parents = [r for r in found if "mlflow.parentRunId" not in tags(r)]
-    assert len(parents) == 1 and len(found) == 5  # one sweep, four trials under it
+    parents = [r for r in found if "pixiou.sweep_key" in tags(r)]
+    pretrained = [r for r in found if "pixiou.pretrain_key" in tags(r)]
+    # the pre-training, one sweep, four trials under it
+    assert len(parents) == 1 and len(pretrained) == 1 and len(found) == 6
+    assert pretrained[0]["info"]["run_name"] == "pretrain-synthetic_voc"
     trials = results(study)["trials"]
     # loss, dataset and seed are searchable params; every child hangs under the parent.
     for loss in ("ce", "pixiou"):
