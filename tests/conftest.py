@@ -43,6 +43,19 @@ def study_params(tmp_path: Path, data_root: Path, **sections) -> Path:
     return path
 
 
+def tiny_study(params: dict) -> None:
+    """A project copy's params.yaml cut to seconds: the tiny synthetic_voc, a 4-iteration
+    pre-training, CE and Lovász-Softmax fine-tuned 4 iterations, seed 0, the one claim they
+    test."""
+    params["study"]["datasets"] = ["synthetic_voc"]
+    params["datasets"]["synthetic_voc"].update(TINY_DATA)
+    params["pretrain"].update(iterations=4, val_interval=2)
+    params["train"].update(iterations=4, val_interval=2, overlays=1)
+    params["sweep"].update(losses=["ce", "lovasz"], seeds=[0])
+    params["report"]["claims"] = [{"better": "lovasz", "worse": "ce", "metric": "mIoU",
+                                   "source": "Berman et al. 2018"}]
+
+
 def build_tiny_data(tmp: Path, **overrides) -> Path:
     """data/synthetic_voc of TINY_DATA (with `overrides`) under tmp, built by the data stage."""
     from pipeline.data.__main__ import run

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, STAGE_ENV, TINY_DATA, project_copy
+from tests.conftest import ROOT, STAGE_ENV, project_copy, tiny_study
 from tests.servers import answers, start, stop
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -103,16 +103,6 @@ def test_ci_runs_exactly_make_test():
     assert lines[-1].strip() == "make test"
 
 
-def _tiny(params):
-    params["study"]["datasets"] = ["synthetic_voc"]
-    params["datasets"]["synthetic_voc"].update(TINY_DATA)
-    params["pretrain"].update(iterations=4, val_interval=2)
-    params["train"].update(iterations=4, val_interval=2, overlays=1)
-    params["sweep"].update(losses=["ce", "lovasz"], seeds=[0])
-    params["report"]["claims"] = [{"better": "lovasz", "worse": "ce", "metric": "mIoU",
-                                   "source": "Berman et al. 2018"}]
-
-
 def shortened(command: str) -> str:
     """A measurement's command with 4 iterations, evaluated every 2 (and its checkpoints'
     names to match)."""
@@ -128,7 +118,7 @@ def _shell(command: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedP
 
 @pytest.mark.slow
 def test_the_documented_commands_run_as_written(tmp_path):
-    repo = project_copy(tmp_path / "project", _tiny)
+    repo = project_copy(tmp_path / "project", tiny_study)
     (repo / ".venv").symlink_to(ROOT / ".venv")  # installed: `make` finds its stamps there
     said = {}
     for command in RUN_IN_COPY:

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT, TINY_DATA, dvc, project_copy, study_params, sweep
+from tests.conftest import ROOT, TINY_DATA, dvc, project_copy, study_params, sweep, tiny_study
 
 
 def pretrain(params: Path) -> subprocess.CompletedProcess:
@@ -246,14 +246,6 @@ def test_the_report_chooses_each_seeds_lr_on_the_held_out_split_only():
 
 # --- under dvc repro ---------------------------------------------------------------------------
 
-def _tiny_finetune(params):
-    params["study"]["datasets"] = ["synthetic_voc"]
-    params["datasets"]["synthetic_voc"].update(TINY_DATA)
-    params["pretrain"].update(iterations=4, val_interval=2)
-    params["train"].update(iterations=2, val_interval=2, overlays=1)
-    params["sweep"].update(losses=["ce", "lovasz"], seeds=[0])
-
-
 def ran(done: subprocess.CompletedProcess) -> set[str]:
     return {line.split("'")[1] for line in done.stdout.splitlines()
             if line.startswith("Running stage '")}
@@ -261,7 +253,7 @@ def ran(done: subprocess.CompletedProcess) -> set[str]:
 
 @pytest.mark.slow
 def test_the_pretrain_stage_under_dvc_repro(tmp_path):
-    repo = project_copy(tmp_path / "repo", _tiny_finetune)
+    repo = project_copy(tmp_path / "repo", tiny_study)
     first = dvc(repo, "repro", check=True)
     assert ran(first) == {"data@synthetic_voc", "pretrain@synthetic_voc",
                           "sweep@synthetic_voc", "report"}
