@@ -238,9 +238,12 @@ def train_checkpoint(dataset: str, params: dict, pretrain: PretrainParams,
                          "iterations": summary["iterations"], "mIoU": summary["mIoU"]}},
                staging / MODEL)
     tracker.finish_trial(run_id, summary, work_dir)
-    return {"source": "trained", "key": key, "mlflow_run_id": run_id, "data_hash": data_hash,
+    # How this run went (resumed or not, how long) is the MLflow run's; the stage's output holds
+    # only what the model is, so the same params and data give the same bytes (and DVC hash).
+    tracker.set_tags(run_id, {"resumed_from": summary["resumed_from"]})
+    return {"source": "trained", "key": key, "data_hash": data_hash,
             **{k: summary[k] for k in ("mIoU", "mPixIoU", "per_class", "iterations",
-                                       "resumed_from", "wall_time_s", "history")},
+                                       "history")},
             "config": Path(spec.config).stem, "seed": spec.seed}
 
 

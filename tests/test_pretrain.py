@@ -50,8 +50,13 @@ def test_the_pretrain_stage_writes_a_checked_ce_model_and_its_mlflow_run(pretrai
     # its work dir is gone once the model is in the output
     assert not any((tmp / "work_dirs/pretrain").rglob("*.pth"))
     client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
-    run = client.get_run(summary["mlflow_run_id"])
+    experiment = client.get_experiment_by_name("pixiou-study")
+    (run,) = client.search_runs([experiment.experiment_id],
+                                f"tags.`pixiou.pretrain_key` = '{summary['key']}'")
     assert run.info.status == "FINISHED" and run.info.run_name == "pretrain-synthetic_voc"
+    assert run.data.tags["resumed_from"] == "0"
+    # The output says what the model is, nothing about this run: a rerun gives the same bytes
+    assert not {"wall_time_s", "resumed_from", "mlflow_run_id"} & set(summary)
     assert run.data.params["loss"] == "ce" and run.data.metrics["final.mIoU"] == summary["mIoU"]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "mIoU")] == [2, 4]
 
