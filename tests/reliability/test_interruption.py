@@ -87,10 +87,15 @@ def test_kill_9_of_dvc_repro_during_the_pretraining_then_repro_resumes_it(tmp_pa
                            env=STAGE_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            start_new_session=True)
     work_dirs = repo / "work_dirs/pretrain/synthetic_voc"
+
+    def evaluated_at_200() -> bool:  # its checkpoint saved and evaluated
+        return any('"iteration": 200' in path.read_text()
+                   for path in work_dirs.glob("*/eval_history.jsonl"))
+
     deadline = time.time() + 600
-    while not list(work_dirs.glob("*/iter_200.pth")):
-        assert run.poll() is None, "dvc repro ended before the pre-training's first checkpoint"
-        assert time.time() < deadline, "no pre-training checkpoint in 10 minutes"
+    while not evaluated_at_200():
+        assert run.poll() is None, "dvc repro ended before the pre-training's first evaluation"
+        assert time.time() < deadline, "no pre-training evaluation in 10 minutes"
         time.sleep(0.1)
     os.killpg(run.pid, signal.SIGKILL)
     run.wait()
@@ -106,6 +111,7 @@ def test_kill_9_of_dvc_repro_during_the_pretraining_then_repro_resumes_it(tmp_pa
                                      "tags.`pixiou.pretrain_key` LIKE '%'")  # one run, reopened
     assert pretrain.info.status == "FINISHED"
     assert pretrain.data.tags["resumed_from"] in ("200", "400")  # the kill's checkpoint
+    # (400: the kill landed after the last checkpoint, and the run only finished)
     assert [m.step for m in client.get_metric_history(pretrain.info.run_id, "mIoU")] == \
         [200, 400]  # each evaluation once
     assert [t["status"] for t in results(repo)["trials"]] == ["finished"] * 4
