@@ -142,11 +142,10 @@ def starting_point(dataset: str, params: dict, folder: Path | None = None) -> St
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """The file's sha256 (hex), as the data stage's downloads are checked."""
+    from .data.download import file_hash
+
+    return file_hash(path, "sha256").removeprefix("sha256:")
 
 
 # --- a published checkpoint ---------------------------------------------------------------------
