@@ -3,7 +3,8 @@
     python -m bench.sweep_parallel [--trials N] [--iterations 160] [--out ...]
 
 Both sweeps are the real stage (`pipeline.sweep.run_sweep`: Ray Tune trials, each training in
-its own process as single-worker CPU trials do, MLflow tracking) on the generated VOC data, each from empty storage, one right after the other
+its own process as single-worker CPU trials do, MLflow tracking) on the generated VOC data, each
+from empty storage, one right after the other
 (not interleaved: each needs every CPU). The default length is the embedded default's.
 Efficiency = T(one after another) / (N x T(N at once)); target >= 85%. Ray's start-up is inside
 both times, as it is for a user. Needs data/synthetic_voc (dvc repro data@synthetic_voc).

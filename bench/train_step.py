@@ -20,7 +20,9 @@ from bench import record
 from bench.timing import interleaved_medians
 
 CONFIG = "mmseg_configs/fcn_r18-tiny-d8_1xb4-160_synthetic-voc-128x128.py"
-LOSSES = {"ce": {"ce": 1.0}, "lovasz": {"lovasz": 1.0}, "pixiou": {"pixiou": 1.0}}
+LOSSES = {"ce": [{"type": "CrossEntropyLoss", "loss_weight": 1.0}],
+          "lovasz": [{"type": "LovaszSoftmaxLoss", "loss_weight": 1.0}],
+          "pixiou": [{"type": "LovaszPixIoULoss", "loss_weight": 1.0}]}
 TARGET = ("pixiou", "lovasz", 1.15)
 
 
@@ -66,9 +68,9 @@ def build(loss):
 def loss_alone(cfg, loss):
     from mmseg.registry import MODELS
 
-    from pipeline.train import loss_configs
+    import pipeline.losses  # noqa: F401  (registers our losses)
 
-    modules = [MODELS.build(c) for c in loss_configs(LOSSES[loss])]
+    modules = [MODELS.build(c) for c in LOSSES[loss]]
     height, width = cfg.crop_size
     shape = (cfg.train_dataloader.batch_size, cfg.model.decode_head.num_classes, height, width)
     logits = torch.randn(shape, generator=torch.Generator().manual_seed(1))

@@ -30,12 +30,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from .measures import METRICS
 from .params import ParamsError, load_params, lookup, parse_section
 
 PROTOCOLS = ("finetune", "scratch")
 MODEL = "model.pth"
 SUMMARY = "summary.json"
 PRETRAIN_KEY = "pixiou.pretrain_key"  # the MLflow tag that finds the stage's run again
+#: The pre-training's loss: plain cross-entropy, as the model zoo's CE checkpoints were trained.
+PRETRAIN_LOSS = {"type": "CrossEntropyLoss", "loss_weight": 1.0}
 
 
 class MissingPretrain(ParamsError):
@@ -172,7 +175,7 @@ def fetch_published(dataset: str, published: PublishedCheckpoint, downloads: Pat
                             f"deleted; run the stage again")
     shutil.copyfile(path, staging / MODEL)
     return {"source": "published", "url": published.url, "mIoU": published.mIoU,
-            "mPixIoU": None, "iterations": None, "history": []}
+            **{m: None for m in METRICS if m != "mIoU"}, "iterations": None, "history": []}
 
 
 # --- a trained checkpoint ------------------------------------------------------------------------
@@ -199,7 +202,7 @@ def train_checkpoint(dataset: str, params: dict, pretrain: PretrainParams,
     if data_hash is None:
         raise ParamsError(f"{Path(data_root) / dataset / 'manifest.json'} is missing: build "
                           f"the dataset first (dvc repro data@{dataset})")
-    spec = RunSpec(config=train.config_for(dataset), loss="ce", terms={"ce": 1.0},
+    spec = RunSpec(config=train.config_for(dataset), loss="ce", terms=[PRETRAIN_LOSS],
                    seed=pretrain.seed, work_dir="", data_root=data_root, lr=pretrain.lr,
                    iterations=pretrain.iterations, val_interval=pretrain.val_interval,
                    deterministic=train.deterministic, overlays=train.overlays)
@@ -225,8 +228,8 @@ def train_checkpoint(dataset: str, params: dict, pretrain: PretrainParams,
     class TrackedRun(Reporter):
         def evaluation(self, record: dict, checkpoint: Path | None) -> None:
             tracker.log_evaluations(run_id, [record])
-            print(f"[pretrain] {dataset} iter {record['iteration']}: mIoU "
-                  f"{record['mIoU']:.2f} mPixIoU {record['mPixIoU']:.2f}", flush=True)
+            print(f"[pretrain] {dataset} iter {record['iteration']}: "
+                  + " ".join(f"{m} {record[m]:.2f}" for m in METRICS), flush=True)
 
     summary = run(spec, TrackedRun())
     # our own checkpoint, from our own work dir: mmengine's resume state needs full unpickling
@@ -241,8 +244,7 @@ def train_checkpoint(dataset: str, params: dict, pretrain: PretrainParams,
     # only what the model is, so the same params and data give the same bytes (and DVC hash).
     tracker.set_tags(run_id, {"resumed_from": summary["resumed_from"]})
     return {"source": "trained", "key": key, "data_hash": data_hash,
-            **{k: summary[k] for k in ("mIoU", "mPixIoU", "per_class", "iterations",
-                                       "history")},
+            **{k: summary[k] for k in (*METRICS, "per_class", "iterations", "history")},
             "config": Path(spec.config).stem, "seed": spec.seed}
 
 

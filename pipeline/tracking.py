@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from .measures import METRICS
 from .params import ParamsError
 from .train import RESULT_FILES
 
@@ -32,7 +33,7 @@ PARENT = "mlflow.parentRunId"
 GIT_COMMIT = "mlflow.source.git.commit"
 PACKAGES = ("torch", "mmengine", "mmcv", "mmsegmentation", "ray", "mlflow", "dvc", "numpy")
 SECRET_NAME = re.compile(r"PASSWORD|PASSWD|TOKEN|SECRET|KEY|CREDENTIAL|AUTH", re.IGNORECASE)
-LIVE_METRICS = ("mIoU", "mPixIoU", "loss")
+LIVE_METRICS = (*METRICS, "loss")
 NOTE = "mlflow.note.content"  # what the UI shows as a run's description
 
 
@@ -243,7 +244,7 @@ class Tracker:
         return run_id
 
     def log_evaluations(self, run_id: str, records: list[dict]) -> None:
-        """mIoU, mPixIoU and the training loss at each record's iteration, each step once."""
+        """The measures and the training loss at each record's iteration, each step once."""
         from mlflow.entities import Metric
 
         logged = {key: {m.step for m in self.client.get_metric_history(run_id, key)}
@@ -268,7 +269,7 @@ class Tracker:
         self.log_evaluations(run_id, summary["history"])
         now = int(time.time() * 1000)
         step = int(summary["iterations"])
-        finals = {"final.mIoU": summary["mIoU"], "final.mPixIoU": summary["mPixIoU"],
+        finals = {**{f"final.{m}": summary[m] for m in METRICS if m in summary},
                   "wall_time_s": summary["wall_time_s"], **summary["per_class"]}
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step)
                                                for k, v in finals.items()])

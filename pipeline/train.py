@@ -4,10 +4,11 @@
         --loss pixiou --seed 0 [--iterations 50] [--work-dir work_dirs/debug]
 
 The same `run()` is the body of every Ray trial (pipeline/sweep/trial.py), where it runs on
-each DDP worker. A run evaluates mIoU + mPixIoU every `val_interval` iterations, checkpoints at
-the same interval and, restarted with the same work dir, resumes from its last checkpoint. When
-it ends, rank 0 writes `summary.json` (the final and per-class values and the validation
-history), a confusion matrix and a few prediction overlays into the work dir. A `Reporter`
+each DDP worker. A run evaluates mIoU, image-mIoU and mPixIoU every `val_interval` iterations,
+checkpoints at the same interval and, restarted with the same work dir, resumes from its last
+checkpoint. When it ends, rank 0 writes `summary.json` (the final and per-class values and the
+validation history), a confusion matrix and a few prediction overlays into the work dir. A
+`Reporter`
 carries each evaluation, checkpoint and the final files beyond the work dir (the Ray trial's
 sends them through `ray.train.report` to the sweep's storage) and restores the run from there.
 """
@@ -22,19 +23,15 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
 from .determinism import determinism
+from .measures import METRICS, PER_CLASS
 from .params import ParamsError, load_params, lookup, parse_section
+from .study_losses import StudyLoss, check_registered, scaled_terms
 
-#: The loss terms a study loss is made of, as mmseg loss configs (weights come from params.yaml).
-LOSS_TERMS = {
-    "ce": dict(type="CrossEntropyLoss", use_sigmoid=False, loss_name="loss_ce"),
-    "lovasz": dict(type="LovaszSoftmaxLoss", loss_name="loss_lovasz"),
-    "pixiou": dict(type="LovaszPixIoULoss", loss_name="loss_pixiou"),
-}
 SUMMARY = "summary.json"
 HISTORY = "eval_history.jsonl"
 #: What a finished run leaves for the study (besides its last checkpoint), written by rank 0.
@@ -45,8 +42,8 @@ DEFAULT_AUX_WEIGHT = 0.4
 #: What decides a run's numbers besides its spec and data: this code and the configs. A run's
 #: key (a sweep trial's, the pre-training's) hashes their content.
 TRAINING_CODE = ("pipeline/train.py", "pipeline/artifacts.py", "pipeline/metrics.py",
-                 "pipeline/determinism.py", "pipeline/splits.py", "pipeline/losses",
-                 "mmseg_configs")
+                 "pipeline/measures.py", "pipeline/study_losses.py", "pipeline/determinism.py",
+                 "pipeline/splits.py", "pipeline/losses", "mmseg_configs")
 
 
 @dataclass
@@ -54,7 +51,10 @@ class TrainParams:
     """params.yaml: train. One run; the sweep varies the loss, the seed and, if searched, lr."""
 
     configs: dict[str, str]
-    losses: dict[str, dict[str, float]]
+    losses: dict[str, StudyLoss]
+    # modules that register more losses in mmseg's MODELS (imported by every run, like the
+    # configs' custom_imports): a user's loss enters the study as a term of train.losses
+    custom_imports: list[str] = field(default_factory=list)
     iterations: int | None = None
     val_interval: int | None = None
     batch_size: int | None = None
@@ -63,16 +63,8 @@ class TrainParams:
     overlays: int = 4
 
     def validate(self, where: str) -> None:
-        for name, terms in self.losses.items():
-            if not terms:
-                raise ParamsError(f"params.yaml: {where}.losses.{name} has no terms")
-            for term, weight in terms.items():
-                if term not in LOSS_TERMS:
-                    raise ParamsError(f"params.yaml: {where}.losses.{name}.{term}: unknown loss "
-                                      f"term (known: {', '.join(LOSS_TERMS)})")
-                if not weight > 0:
-                    raise ParamsError(f"params.yaml: {where}.losses.{name}.{term}: the weight "
-                                      f"must be > 0, got {weight}")
+        if not self.losses:
+            raise ParamsError(f"params.yaml: {where}.losses is empty")
         for key in ("iterations", "val_interval", "batch_size", "lr"):
             value = getattr(self, key)
             if value is not None and not value > 0:
@@ -89,11 +81,16 @@ class TrainParams:
             raise ParamsError(f"params.yaml: train.configs.{dataset}: {path} does not exist")
         return path
 
-    def terms_of(self, loss: str, where: str) -> dict[str, float]:
+    def terms_of(self, loss: str, where: str) -> list[dict]:
+        """The mmseg loss configs of study loss `loss`."""
         if loss not in self.losses:
             raise ParamsError(f"{where}: unknown loss '{loss}' (train.losses defines: "
                               f"{', '.join(self.losses)})")
-        return dict(self.losses[loss])
+        return scaled_terms(self.losses[loss].terms)
+
+    def check_losses(self, keys: list[str]) -> None:
+        """The study losses `keys` build in mmseg (types registered, options accepted)."""
+        check_registered({k: self.losses[k] for k in keys}, self.custom_imports)
 
 
 def load_train_params(params_file: Path | str = "params.yaml") -> TrainParams:
@@ -106,7 +103,7 @@ class RunSpec:
 
     config: str
     loss: str
-    terms: dict[str, float]
+    terms: list[dict]  # mmseg loss configs (pipeline.study_losses)
     seed: int
     work_dir: str
     data_root: str | None = None  # re-roots the config's 'data/...' dataset paths
@@ -123,6 +120,7 @@ class RunSpec:
     # k > 0 (the lr search): train without every k-th training image and evaluate on those
     # while training (what ASHA and the lr choice read); score the validation set at the end.
     holdout: int = 0
+    custom_imports: tuple[str, ...] = ()  # modules that register the terms' types
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -142,23 +140,18 @@ def code_fingerprint() -> str:
 
 # --- the config -------------------------------------------------------------------------------
 
-def loss_configs(terms: dict[str, float], scale: float = 1.0) -> list[dict]:
-    """mmseg loss configs for {term: weight}, each weight multiplied by `scale`."""
-    return [dict(LOSS_TERMS[term], loss_weight=weight * scale) for term, weight in terms.items()]
-
-
 def _aux_weight(head: dict) -> float:
     losses = head.get("loss_decode", {})
     losses = losses if isinstance(losses, (list, tuple)) else [losses]
     return float(sum(loss.get("loss_weight", 1.0) for loss in losses)) or DEFAULT_AUX_WEIGHT
 
 
-def apply_loss(model: dict, terms: dict[str, float]) -> None:
+def apply_loss(model: dict, terms: list[dict]) -> None:
     """The study's loss on the decode head and, at their configured weight, the aux heads."""
-    model["decode_head"]["loss_decode"] = loss_configs(terms)
+    model["decode_head"]["loss_decode"] = scaled_terms(terms)
     aux = model.get("auxiliary_head")
     for head in (aux if isinstance(aux, (list, tuple)) else [aux] if aux else []):
-        head["loss_decode"] = loss_configs(terms, _aux_weight(head))
+        head["loss_decode"] = scaled_terms(terms, _aux_weight(head))
 
 
 def set_iterations(cfg, iterations: int, val_interval: int | None) -> None:
@@ -205,8 +198,13 @@ def build_config(spec: RunSpec, world_size: int = 1, on_gpu: bool = False,
     wraps the model on that device rather than on cuda:LOCAL_RANK, which Ray need not match.
     """
     from mmengine.config import Config
+    from mmengine.utils import import_modules_from_strings
 
     cfg = Config.fromfile(spec.config)
+    if spec.custom_imports:  # registers the user's losses in this process (each DDP worker)
+        import_modules_from_strings(list(spec.custom_imports))
+        cfg.custom_imports = dict(cfg.get("custom_imports") or dict(imports=[]))
+        cfg.custom_imports["imports"] = [*cfg.custom_imports["imports"], *spec.custom_imports]
     apply_loss(cfg.model, spec.terms)
     # Only the seed goes to mmengine: its `deterministic` would make torch raise at the first
     # CUDA backward of DeepLabV3+. pipeline/determinism.py applies the study's settings instead.
@@ -420,9 +418,10 @@ def _study_hook_class():
     class StudyHook(Hook):
         """Keeps the validation history (resumable, in the work dir) and reports every
         evaluation before the last one (the run reports that one, with its files): iteration,
-        mIoU, mPixIoU, the mean training loss since the last one and the world size the model
-        trains in, with the checkpoint it evaluated. Its artifacts (confusion matrix, overlays)
-        cover the whole validation set, whatever the number of ranks it is split over.
+        the measures (pipeline.measures), the mean training loss since the last one and the world
+        size the model trains in, with the checkpoint it evaluated. Its artifacts (confusion
+        matrix, overlays) cover the whole validation set, whatever the number of ranks it is
+        split over.
 
         `training=False` (an evaluation of a checkpoint) keeps artifacts and reports nothing.
         """
@@ -510,12 +509,11 @@ def _study_hook_class():
         def _record(self, runner, metrics: dict) -> dict:
             return {
                 "iteration": runner.iter,
-                "mIoU": float(metrics["mIoU"]),
-                "mPixIoU": float(metrics["mPixIoU"]),
+                **{m: float(metrics[m]) for m in METRICS},
                 "loss": self._loss_sum / self._loss_count if self._loss_count else None,
                 "world_size": get_world_size(),
                 "per_class": {k: float(v) for k, v in metrics.items()
-                              if k.startswith(("IoU.", "PixIoU."))},
+                              if k.split(".", 1)[0] in PER_CLASS.values()},
             }
 
         def record(self) -> dict:
@@ -577,13 +575,13 @@ def run(spec: RunSpec, reporter: Reporter | None = None) -> dict:
             "resumed_from": resumed_from,
             "world_size": world_size,
             "wall_time_s": round(time.time() - started, 2),
-            **{k: final[k] for k in ("mIoU", "mPixIoU", "per_class")},
+            **{k: final[k] for k in (*METRICS, "per_class")},
             "history": [{k: v for k, v in r.items() if k != "per_class"}
                         for r in hook.history],
         }
         if spec.holdout:
             summary["selection"] = {"split": f"every {spec.holdout}th training image",
-                                    **{k: hook.history[-1][k] for k in ("mIoU", "mPixIoU")}}
+                                    **{k: hook.history[-1][k] for k in METRICS}}
         if is_main_process():
             cfg.dump(str(work_dir / "config.py"))
             hook.artifacts.write(work_dir)  # from the final evaluation
@@ -657,6 +655,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         params = load_train_params(args.params)
+        params.terms_of(args.loss, "--loss")
+        params.check_losses([args.loss])
         if not Path(args.config).is_file():
             raise ParamsError(f"{args.config}: config not found")
         if args.seed < 0:
@@ -666,14 +666,14 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed, data_root=args.data_root, lr=args.lr, iterations=args.iterations,
             val_interval=args.val_interval, batch_size=args.batch_size,
             deterministic=params.deterministic, overlays=params.overlays,
-            init_checkpoint=args.init_checkpoint,
+            init_checkpoint=args.init_checkpoint, custom_imports=tuple(params.custom_imports),
             work_dir=args.work_dir or f"work_dirs/{Path(args.config).stem}/"
                                       f"{args.loss}_seed{args.seed}")
         summary = run(spec)
     except (ParamsError, PretrainedWeightsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(json.dumps({k: summary[k] for k in ("mIoU", "mPixIoU", "iterations", "wall_time_s")}))
+    print(json.dumps({k: summary[k] for k in (*METRICS, "iterations", "wall_time_s")}))
     return 0
 
 

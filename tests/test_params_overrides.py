@@ -13,16 +13,23 @@ PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
 @pytest.mark.parametrize("loss", list(PARAMS["train"]["losses"]))
-def test_every_loss_weight_can_be_set_with_dvc_exp_run_s(tmp_path, loss):
+def test_every_term_weight_and_option_can_be_set_with_dvc_exp_run_s(tmp_path, loss):
+    """A term is reached by its index in the loss's list: terms.<i>.loss_weight; an option the
+    term does not spell out yet takes Hydra's '+' (`-S '+train.losses.lovasz.terms.0.per_image=
+    true'`)."""
     from dvc.utils.hydra import apply_overrides  # what `dvc exp run -S` applies
 
     params = tmp_path / "params.yaml"
     shutil.copy(ROOT / "params.yaml", params)
-    term = next(iter(PARAMS["train"]["losses"][loss]))
-    apply_overrides(params, [f"train.losses.{loss}.{term}=0.25"])
+    last = len(PARAMS["train"]["losses"][loss]["terms"]) - 1
+    term = PARAMS["train"]["losses"][loss]["terms"][last]
+    option = ("" if "per_image" in term else "+") + f"train.losses.{loss}.terms.{last}.per_image"
+    apply_overrides(params, [f"train.losses.{loss}.terms.{last}.loss_weight=0.25",
+                             f"{option}=true"])
     changed = yaml.safe_load(params.read_text())
-    assert changed["train"]["losses"][loss][term] == 0.25
-    changed["train"]["losses"][loss][term] = PARAMS["train"]["losses"][loss][term]
+    term = changed["train"]["losses"][loss]["terms"][last]
+    assert term["loss_weight"] == 0.25 and term["per_image"] is True
+    changed["train"]["losses"][loss]["terms"][last] = PARAMS["train"]["losses"][loss]["terms"][last]
     assert changed == PARAMS  # nothing else moved
 
 
@@ -32,9 +39,9 @@ def test_a_key_with_a_plus_cannot_be_set(tmp_path):
     from dvc.utils.hydra import apply_overrides
 
     params = tmp_path / "params.yaml"
-    params.write_text("train:\n  losses:\n    ce+pixiou: {ce: 1.0, pixiou: 1.0}\n")
+    params.write_text("train:\n  losses:\n    ce+pixiou: {name: x, terms: [{type: A}]}\n")
     with pytest.raises(InvalidArgumentError):
-        apply_overrides(params, ["train.losses.ce+pixiou.pixiou=0.5"])
+        apply_overrides(params, ["train.losses.ce+pixiou.name=y"])
 
 
 def _leaves(node, path=()):

@@ -268,7 +268,7 @@ def test_the_pretrain_stage_under_dvc_repro(tmp_path):
     assert "Data and pipelines are up to date" in dvc(repo, "repro", check=True).stdout
 
     # A loss weight: the sweep again, not the pre-training
-    again = dvc(repo, "exp", "run", "-S", "train.losses.lovasz.lovasz=0.5", check=True)
+    again = dvc(repo, "exp", "run", "-S", "train.losses.lovasz.terms.0.loss_weight=0.5", check=True)
     assert ran(again) == {"sweep@synthetic_voc", "report"}, again.stdout
     assert model.read_bytes() == trained
     # The pre-training's own params: the pre-training and everything after it

@@ -23,21 +23,33 @@ from pipeline.stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
 
 from .conftest import GIT, ROOT, dvc
 
-TERMS = {"ce": {"ce": 1.0}, "lovasz": {"lovasz": 1.0}, "pixiou": {"pixiou": 1.0},
-         "ce_pixiou": {"ce": 1.0, "pixiou": 1.0}}
+PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+TERMS = {key: loss["terms"] for key, loss in PARAMS["train"]["losses"].items()}
+#: The claims the fixture tests check (the default's first, and the PixIoU ones).
+CLAIMS = [{"better": "lovasz", "worse": "ce", "metric": "mIoU", "source": "Berman et al. 2018"},
+          *({"better": "pixiou", "worse": "lovasz", "metric": metric,
+             "source": "Yu et al. 2021, PixIoU as defined in docs/pixiou.md"}
+            for metric in ("mIoU", "mPixIoU"))]
 
 
 def trial(loss, seed, miou=None, mpixiou=None, status="finished", error=None,
           iterations=160, config="fcn_r18-tiny-d8_1xb4-160_synthetic-voc-128x128"):
+    """image-mIoU is mIoU - 1 throughout (per class too), so its Δs are mIoU's."""
     finished = status == "finished"
     per_class = {f"IoU.{c}": (miou + i if finished else None) for i, c in enumerate(VOC_CLASSES)}
+    per_class.update({f"image-IoU.{c}": (miou + i - 1 if finished else None)
+                      for i, c in enumerate(VOC_CLASSES)})
+    image = None if miou is None else miou - 1
     return {"trial": f"{loss}_seed{seed}", "key": f"{loss}{seed}", "dataset": "synthetic_voc",
             "loss": loss, "loss_terms": TERMS[loss], "seed": seed, "lr": None, "config": config,
             "iterations": iterations, "batch_size": None, "workers": 1, "work_dir": "w",
             "mlflow_run_id": f"run-{loss}-{seed}", "status": status, "error": error,
-            "mIoU": miou, "mPixIoU": mpixiou, "per_class": per_class if finished else None,
-            "history": [{"iteration": 80, "mIoU": (miou or 5) / 2, "mPixIoU": 0.0},
-                        {"iteration": 160, "mIoU": miou or 5, "mPixIoU": mpixiou or 0.0}],
+            "mIoU": miou, "image-mIoU": image, "mPixIoU": mpixiou,
+            "per_class": per_class if finished else None,
+            "history": [{"iteration": 80, "mIoU": (miou or 5) / 2, "image-mIoU": 1.0,
+                         "mPixIoU": 0.0},
+                        {"iteration": 160, "mIoU": miou or 5, "image-mIoU": image or 4,
+                         "mPixIoU": mpixiou or 0.0}],
             "world_size": 1, "wall_time_s": 1.0}
 
 
@@ -52,12 +64,14 @@ FIXTURE_TRIALS = [
 
 
 def write_results(directory: Path, trials, dataset="synthetic_voc",
-                  config="fcn_r18-tiny-d8_1xb4-160_synthetic-voc-128x128") -> Path:
+                  config="fcn_r18-tiny-d8_1xb4-160_synthetic-voc-128x128",
+                  data: dict | None = None) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{dataset}.json"
     start = {"protocol": "finetune", "sha256": "ab" * 32, "mIoU": 70.5, "source": "trained"}
     path.write_text(json.dumps({"dataset": dataset, "config": config, "data_hash": "h",
-                                "mlflow_parent_run_id": "p", "start": start, "trials": trials},
+                                "mlflow_parent_run_id": "p", "start": start, "data": data,
+                                "trials": trials},
                                indent=1))
     return path
 
@@ -69,7 +83,8 @@ def report_params(tmp_path: Path, datasets=("synthetic_voc",), **report) -> Path
     params["tracking"]["uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
     params["report"].update(results_dir=str(tmp_path / "results"),
                             output=str(tmp_path / "reports"),
-                            published=str(ROOT / "reports/published.yaml"), **report)
+                            published=str(ROOT / "reports/published.yaml"),
+                            **{"claims": CLAIMS, **report})
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
     return path
@@ -85,18 +100,22 @@ def test_fixture_results_give_the_expected_tables(fixture_study, tmp_path):
     assert main(["--params", str(fixture_study)]) == 0
     md = (tmp_path / "reports/tables.md").read_text()
     # t(0.975, 2) = 4.3027: lovasz - ce = [3, 4, 5] -> 4 ± 4.3027 / sqrt(3) = [1.52, 6.48].
-    # mPixIoU: lovasz - ce = [6, 6, 6], an interval of width 0.
-    assert ("| CE | 3/3 | 11.00 ± 1.00 | -4.00 ± 1.00 | — | -4.00 [-6.48, -1.52] | — | "
-            "-6.00 [-6.00, -6.00] | not known |") in md
+    # mPixIoU: lovasz - ce = [6, 6, 6], an interval of width 0. image-mIoU (mIoU - 1): its
+    # column beside mIoU, its Δs and CIs the same as mIoU's.
+    assert "| Loss | Trials | mIoU | image-mIoU | mPixIoU | ΔmIoU vs CE [95% CI] |" in md
+    assert ("| CE | 3/3 | 11.00 ± 1.00 | 10.00 ± 1.00 | -4.00 ± 1.00 | — | -4.00 [-6.48, -1.52] "
+            "| — | -4.00 [-6.48, -1.52] | — | -6.00 [-6.00, -6.00] | not known |") in md
     # The best mean in bold, ties (15.00) included.
-    assert ("| Lovász-Softmax | 3/3 | **15.00 ± 2.00** | 2.00 ± 1.00 | +4.00 [+1.52, +6.48] | — | "
-            "+6.00 [+6.00, +6.00] | — | not known |") in md
+    assert ("| Lovász-Softmax | 3/3 | **15.00 ± 2.00** | **14.00 ± 2.00** | 2.00 ± 1.00 | "
+            "+4.00 [+1.52, +6.48] | — | +4.00 [+1.52, +6.48] | — | +6.00 [+6.00, +6.00] | — | "
+            "not known |") in md
     # pixiou: seeds 0, 1 finished (16, 14); vs lovasz (13, 15): diffs [3, -1], t(0.975, 1) =
     # 12.706 -> 1 ± 12.706 * 2.828 / sqrt(2); vs ce (10, 11): [6, 3].
-    assert ("| Lovász-PixIoU | 2/3 (1 failed) | **15.00 ± 1.41** | **2.50 ± 2.12** | "
-            "+4.50 [-14.56, +23.56] | +1.00 [-24.41, +26.41] |") in md
+    assert ("| Lovász-PixIoU | 2/3 (1 failed) | **15.00 ± 1.41** | **14.00 ± 1.41** | "
+            "**2.50 ± 2.12** | +4.50 [-14.56, +23.56] | +1.00 [-24.41, +26.41] |") in md
     # The planned loss that never ran is a row of its own, counted, with no invented numbers.
-    assert "| CE + Lovász-PixIoU | 0/3 (3 missing) | — | — | — | — | — | — | not known |" in md
+    assert ("| CE + Lovász-PixIoU | 0/3 (3 missing) | — | — | — | — | — | — | — | — | — | "
+            "not known |") in md
     assert "Failed: 1 trial(s): pixiou seed 2 (RuntimeError: worker died: out of memory)." in md
     assert ("Missing (planned, not in synthetic_voc.json): 3 trial(s): ce_pixiou seed 0; "
             "ce_pixiou seed 1; ce_pixiou seed 2.") in md
@@ -123,6 +142,8 @@ def test_fixture_results_give_the_expected_tables(fixture_study, tmp_path):
     assert "| background | 11.00 | **15.00** | 15.00 |" not in md  # 15.00 ties: both bold
     assert "| background | 11.00 | **15.00** | **15.00** |" in md
     assert "| aeroplane | 12.00 | **16.00** | **16.00** |" in md
+    assert "### synthetic_voc: image-IoU per class" in md  # image-IoU.<c> = IoU.<c> - 1
+    assert "| aeroplane | 11.00 | **15.00** | **15.00** |" in md
     assert "No finished trial, so no column: CE + Lovász-PixIoU." in md
     # The captions say how the models were trained, and whether enough: the last interval's
     # change (history: mIoU/2 at 80, mIoU at 160) and the classes below 1 IoU (IoU.c >= 10)
@@ -136,6 +157,7 @@ def test_fixture_results_give_the_expected_tables(fixture_study, tmp_path):
     metrics = json.loads((tmp_path / "reports/metrics.json").read_text())
     assert metrics["trials"] == {"finished": 8, "failed": 1, "stopped": 0, "missing": 3}
     assert metrics["synthetic_voc"]["pixiou"]["mIoU"] == 15.0
+    assert metrics["synthetic_voc"]["pixiou"]["image-mIoU"] == 14.0
     assert metrics["synthetic_voc"]["ce_pixiou"]["mIoU"] is None
     assert metrics["synthetic_voc"]["ce"]["last_interval_change"] == 5.5
     assert metrics["synthetic_voc"]["ce"]["classes_below_1"] == 0
@@ -153,6 +175,30 @@ def test_fixture_results_give_the_expected_tables(fixture_study, tmp_path):
     assert r"\toprule" in tex and r"\bottomrule" in tex
     assert r"Lov\'asz-Softmax & 3/3 & \textbf{15.00 $\pm$ 2.00}" in tex
     assert r"\textbf{inconclusive}" in tex
+
+
+def test_the_data_table_shows_the_labels_against_their_targets(tmp_path):
+    statistics = {"images": 400, "objects_per_image": {"mean": 2.44, "median": 2.0},
+                  "object_classes_per_image": {"mean": 1.47, "median": 1.0},
+                  "class_share": {"background": 0.716, "person": 0.06, "cat": 0.02}}
+    targets = [{"target": "objects_per_image (mean)", "range": [2.0, 2.8], "value": 2.44,
+                "met": True},
+               {"target": "class_share.background", "range": [0.75, 0.8], "value": 0.716,
+                "met": False},
+               {"target": "largest classes", "range": ["background"], "value": ["background"],
+                "met": True}]
+    write_results(tmp_path / "results", FIXTURE_TRIALS,
+                  data={"statistics": statistics, "targets": targets})
+    _, built = build(report_params(tmp_path))
+    md = built.texts["tables.md"]
+    assert "### synthetic_voc: the labels against their targets" in md
+    assert "| objects per image (mean; median) | 2.44; 2 | — | — |" in md
+    assert "| largest classes (pixel share) | background 71.6%, person 6.0%, cat 2.0% |" in md
+    assert "| class_share.background | 0.716 | [0.75, 0.8] | **NO** |" in md
+    assert "| largest classes | background | background | yes |" in md
+    # an older results file without statistics: no table, no error
+    write_results(tmp_path / "results", FIXTURE_TRIALS)
+    assert "against their targets" not in build(report_params(tmp_path))[1].texts["tables.md"]
 
 
 def test_same_results_give_byte_identical_outputs(fixture_study, tmp_path):
@@ -367,8 +413,8 @@ def test_classes_below_1_iou_are_counted_on_the_mean_over_seeds():
                            [{"iteration": i, "mIoU": m} for i, m in enumerate(curve)])
 
     # a: 0.5 and 1.2 average 0.85 (below 1); b: 0 and 3 average 1.5 (not)
-    losses = LossResults("ce", {"ce": 1.0}, [trial(0, 0.5, 0.0, [10, 12, 13]),
-                                             trial(1, 1.2, 3.0, [10, 11, 14])])
+    losses = LossResults("ce", "CE", [{"type": "CrossEntropyLoss"}],
+                         [trial(0, 0.5, 0.0, [10, 12, 13]), trial(1, 1.2, 3.0, [10, 11, 14])])
     assert _classes_below_1(losses) == (1, 2)
     assert _last_change(losses) == 2.0  # (1 + 3) / 2
 

@@ -11,9 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import ROOT, build_tiny_data, free_port, study_params, sweep
+
+STUDY_LOSSES = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]["losses"]
 
 SECRET = "s3cr3t-Pa55word-for-the-test"
 
@@ -138,6 +141,8 @@ def test_a_two_worker_trial_evaluates_the_whole_validation_set(tmp_path, odd_val
     assert two_ranks["images"] == 7
     assert two_ranks["matrix"] == one["confusion"]
     assert one["metrics"]["mIoU"] == pytest.approx(trial["mIoU"])
+    # image-mIoU gathered over the 2 gloo ranks (7 images: the sampler pads one) = one process
+    assert one["metrics"]["image-mIoU"] == pytest.approx(trial["image-mIoU"])
     labelled = sum(int((np.asarray(Image.open(label)) != IGNORE_INDEX).sum())
                    for _, label in VOC_AUG.pairs(odd_val_data / "synthetic_voc", "val"))
     assert np.sum(two_ranks["matrix"]) == labelled  # every labelled pixel, each once
@@ -231,7 +236,11 @@ def test_a_learning_rate_search_runs_under_asha(tmp_path, tiny_data):
     (dict(sweep=dict(max_failure=3)), "unknown key 'sweep.max_failure'"),
     (dict(sweep=dict(max_failures=-2)), "sweep.max_failures must be >= 0, or -1"),
     (dict(sweep=dict(cpu_workers_per_trial=2)), "effective batch of 2 worker(s) x 4 = 8"),
-    (dict(train=dict(losses={"ce": {"focal": 1.0}})), "train.losses.ce.focal: unknown loss term"),
+    (dict(train=dict(losses={**STUDY_LOSSES, "ce": {"name": "CE", "terms": [{"type": "Focal"}]}})),
+     "train.losses.ce.terms[0]: 'Focal' is not a loss in mmseg's MODELS registry"),
+    (dict(train=dict(losses={**STUDY_LOSSES, "ce": {"name": "CE", "terms": [
+        {"type": "CrossEntropyLoss", "use_sigmod": True}]}})),
+     "train.losses.ce.terms[0]: CrossEntropyLoss does not accept this config"),
     (dict(train=dict(iterations=-5)), "train.iterations must be > 0"),
 ])
 def test_bad_study_parameters_fail_before_ray_starts(tmp_path, tiny_data, sections, message):

@@ -13,7 +13,6 @@ import pytest
 from PIL import Image
 
 from pipeline.train import (
-    LOSS_TERMS,
     PretrainedWeightsError,
     RunSpec,
     build_config,
@@ -26,10 +25,13 @@ from pipeline.train import (
 ROOT = Path(__file__).resolve().parents[1]
 TINY_VOC = "mmseg_configs/fcn_r18-tiny-d8_1xb4-160_synthetic-voc-128x128.py"
 PAPER_CONFIGS = sorted((ROOT / "mmseg_configs").glob("deeplabv3plus_*.py"))
+CE = {"type": "CrossEntropyLoss", "loss_weight": 1.0}
+PIXIOU = {"type": "LovaszPixIoULoss", "loss_weight": 1.0}
 
 
 def spec(tmp_path, tiny_data, **overrides) -> RunSpec:
-    values = dict(config=TINY_VOC, loss="ce_pixiou", terms={"ce": 1.0, "pixiou": 0.5}, seed=0,
+    values = dict(config=TINY_VOC, loss="ce_pixiou", terms=[CE, dict(PIXIOU, loss_weight=0.5)],
+                  seed=0,
                   work_dir=str(tmp_path / "run"), data_root=str(tiny_data), iterations=4,
                   val_interval=2, overlays=2, threads=1)
     return RunSpec(**{**values, **overrides})
@@ -76,16 +78,16 @@ def test_a_tiny_run_trains_evaluates_resumes_and_leaves_its_artifacts(tmp_path, 
 
 def test_runs_are_deterministic_for_a_seed(tmp_path, tiny_data):
     one = run(spec(tmp_path, tiny_data, work_dir=str(tmp_path / "a"), loss="ce",
-                   terms={"ce": 1.0}, iterations=2, overlays=0))
+                   terms=[CE], iterations=2, overlays=0))
     two = run(spec(tmp_path, tiny_data, work_dir=str(tmp_path / "b"), loss="ce",
-                   terms={"ce": 1.0}, iterations=2, overlays=0))
+                   terms=[CE], iterations=2, overlays=0))
     other = run(spec(tmp_path, tiny_data, work_dir=str(tmp_path / "c"), loss="ce",
-                     terms={"ce": 1.0}, iterations=2, overlays=0, seed=1))
+                     terms=[CE], iterations=2, overlays=0, seed=1))
     assert one["history"] == two["history"]
     assert one["history"][0]["loss"] != other["history"][0]["loss"]
 
 
-@pytest.mark.parametrize("loss", ["ce", "lovasz", "pixiou", "ce_lovasz", "ce_pixiou"])
+@pytest.mark.parametrize("loss", list(load_train_params(ROOT / "params.yaml").losses))
 def test_the_study_loss_goes_on_the_decode_and_auxiliary_heads(loss):
     params = load_train_params(ROOT / "params.yaml")
     terms = params.terms_of(loss, "test")
@@ -93,13 +95,29 @@ def test_the_study_loss_goes_on_the_decode_and_auxiliary_heads(loss):
                                work_dir="unused"))
     decode = cfg.model.decode_head.loss_decode
     aux = cfg.model.auxiliary_head.loss_decode
-    assert [d["type"] for d in decode] == [LOSS_TERMS[t]["type"] for t in terms]
-    assert [d["loss_weight"] for d in decode] == list(terms.values())
-    assert [d["loss_weight"] for d in aux] == pytest.approx([0.4 * w for w in terms.values()])
+    declared = params.losses[loss].terms
+    assert [d["type"] for d in decode] == [t["type"] for t in declared]
+    weights = [t.get("loss_weight", 1.0) for t in declared]
+    assert [d["loss_weight"] for d in decode] == weights
+    assert [d["loss_weight"] for d in aux] == pytest.approx([0.4 * w for w in weights])
+    # every other option of a term reaches mmseg as written (per_image, use_sigmoid, ...)
+    for built, term in zip(decode, declared, strict=True):
+        assert {k: v for k, v in built.items() if k != "loss_weight"} == \
+            {k: v for k, v in term.items() if k != "loss_weight"}
+
+
+def test_a_per_image_study_loss_builds_a_per_image_module():
+    from mmseg.registry import MODELS
+
+    params = load_train_params(ROOT / "params.yaml")
+    params.check_losses(list(params.losses))  # every study loss builds in mmseg
+    for key, per_image in (("lovasz", False), ("lovasz_img", True), ("pixiou_img", True)):
+        (term,) = params.terms_of(key, "test")
+        assert MODELS.build(term).per_image is per_image
 
 
 def test_overrides_reach_the_config(tiny_data):
-    cfg = build_config(RunSpec(config=TINY_VOC, loss="ce", terms={"ce": 1.0}, seed=7,
+    cfg = build_config(RunSpec(config=TINY_VOC, loss="ce", terms=[CE], seed=7,
                                work_dir="w", data_root="/shared/data", lr=0.5, iterations=50,
                                val_interval=10, batch_size=2), world_size=2, on_gpu=False)
     # mmengine gets only the seed: its `deterministic` raises on CUDA (pipeline/determinism.py)
@@ -119,7 +137,7 @@ def test_overrides_reach_the_config(tiny_data):
 
 def test_ddp_on_gpu_wraps_the_model_on_the_device_ray_chose():
     """Ray Train sets each worker's CUDA device; it need not be cuda:LOCAL_RANK."""
-    cfg = build_config(RunSpec(config=str(PAPER_CONFIGS[0]), loss="ce", terms={"ce": 1.0},
+    cfg = build_config(RunSpec(config=str(PAPER_CONFIGS[0]), loss="ce", terms=[CE],
                                seed=0, work_dir="w"), world_size=4, on_gpu=True,
                        device_index=2)
     assert cfg.launcher == "pytorch"
@@ -195,11 +213,15 @@ def test_isolation_removes_what_a_run_registered():
 def test_cli_names_an_unknown_loss_and_runs_a_known_one(tmp_path, tiny_data):
     base = [sys.executable, "-m", "pipeline.train", TINY_VOC, "--data-root", str(tiny_data),
             "--iterations", "2", "--val-interval", "2", "--work-dir", str(tmp_path / "cli")]
-    bad = subprocess.run(base + ["--loss", "dice"], cwd=ROOT, capture_output=True, text=True)
+    bad = subprocess.run(base + ["--loss", "focal"], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2
-    assert "unknown loss 'dice'" in bad.stderr and "ce_pixiou" in bad.stderr
-    good = subprocess.run(base + ["--loss", "lovasz", "--seed", "3"], cwd=ROOT,
+    assert "unknown loss 'focal'" in bad.stderr and "ce_pixiou" in bad.stderr
+    # a per-image study loss trains like any other, and the run reports both measures
+    good = subprocess.run(base + ["--loss", "lovasz_img", "--seed", "3"], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert good.returncode == 0, good.stderr[-2000:]
     final = json.loads(good.stdout.strip().splitlines()[-1])
     assert final["iterations"] == 2 and 0 <= final["mIoU"] <= 100
+    assert 0 <= final["image-mIoU"] <= 100 and final["image-mIoU"] != final["mIoU"]
+    config = (tmp_path / "cli" / "config.py").read_text()
+    assert "per_image=True" in config

@@ -9,6 +9,7 @@ data.downloads, so a rerun resumes where the last one stopped.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from .archives import UnsafeArchiveError, atomic_folder
 from .cityscapes import CityscapesParams, MissingCredentials, build_cityscapes, check_access
 from .download import DownloadError, ResumableDownloader
 from .layouts import CITYSCAPES, VOC_AUG, Layout
+from .stats import describe
 from .synthetic import SyntheticParams, write_synthetic_cityscapes, write_synthetic_voc
 from .validate import DatasetError, validate
 from .voc import VOCParams, build_voc_aug
@@ -84,11 +86,28 @@ def run(key: str, params_file: Path = Path("params.yaml")) -> dict:
     spec = parse_section(dataset.params, lookup(params, f"datasets.{key}"), f"datasets.{key}")
     if isinstance(spec, CityscapesParams):
         check_access(spec)  # before any work: say exactly what to set
+    targets = getattr(spec, "targets", None)
+    unknown = targets.unknown_classes(dataset.layout.classes) if targets else []
+    if unknown:
+        raise ParamsError(f"params.yaml: datasets.{key}.targets names {unknown[0]!r}, not a "
+                          f"class of {dataset.layout.name} ({', '.join(dataset.layout.classes)})")
     with atomic_folder(Path(data.root) / key) as staging:
         dataset.build(spec, data, staging)
         manifest = validate(dataset.layout, staging, dataset.expected(spec))
+        if targets:
+            manifest["targets"] = targets.check(manifest["statistics"])
+            (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     print(f"{key}: {manifest['counts']} -> {Path(data.root) / key} "
           f"(content sha256 {manifest['content_sha256'][:12]})")
+    if targets:
+        rows = manifest["targets"]
+        missed = [r for r in rows if not r["met"]]
+        print(f"{key}: label statistics against datasets.{key}.targets "
+              f"({len(rows) - len(missed)}/{len(rows)} met):\n{describe(rows)}")
+        if missed:
+            print(f"warning: data@{key}: {len(missed)} target(s) missed: the generated labels no "
+                  f"longer look like the dataset they stand for (datasets.{key}.targets.source)",
+                  file=sys.stderr)
     return manifest
 
 

@@ -27,6 +27,8 @@ class Layout:
     name: str
     classes: tuple[str, ...]
     splits: tuple[str, ...]
+    # the classes that come as countable objects (the data statistics' "objects per image")
+    things: tuple[str, ...] = ()
 
     @property
     def num_classes(self) -> int:
@@ -38,7 +40,7 @@ class Layout:
 
 class VOCAugLayout(Layout):
     def __init__(self):
-        super().__init__("voc-aug", VOC_CLASSES, ("train_aug", "val"))
+        super().__init__("voc-aug", VOC_CLASSES, ("train_aug", "val"), VOC_CLASSES[1:])
 
     @staticmethod
     def voc_root(root: Path) -> Path:
@@ -66,7 +68,9 @@ class CityscapesLayout(Layout):
     LABEL_SUFFIX = "_gtFine_labelTrainIds.png"
 
     def __init__(self):
-        super().__init__("cityscapes", CITYSCAPES_CLASSES, ("train", "val"))
+        # Cityscapes' instance classes (Cordts et al. 2016: the 'human' and 'vehicle' groups)
+        super().__init__("cityscapes", CITYSCAPES_CLASSES, ("train", "val"),
+                         CITYSCAPES_CLASSES[11:])
 
     def image(self, root: Path, split: str, city: str, stem: str) -> Path:
         return root / "leftImg8bit" / split / city / f"{stem}{self.IMAGE_SUFFIX}"

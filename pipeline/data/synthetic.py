@@ -1,11 +1,14 @@
 """Generated datasets in the exact VOC-aug and Cityscapes layouts: the embedded default.
 
-They are built to exercise IoU losses rather than to look real: many objects per image, with
-sizes spread log-uniformly from a few pixels to half the image, a Zipf-like class imbalance,
-objects occluding each other, and textured backgrounds. Each class has its own appearance (a hue
-and a stripe texture of its own frequency and angle, with noise), so a small CNN can learn it
-from scratch in minutes, but small and partly hidden objects stay hard, and that is where
-Jaccard-type losses differ from cross-entropy. Everything is deterministic given the seed.
+They do not look real, but their labels match the real datasets' where per-image and dataset
+IoU part ways (`pipeline.data.stats`, checked against `datasets.<key>.targets`): VOC-like images
+hold a few large objects of one or two classes on a background that covers most of the image;
+Cityscapes-like ones are road, building and vegetation bands with cars and people, thin poles and
+small signs and lights. Object sizes are spread log-uniformly, classes follow a Zipf-like
+imbalance, objects occlude each other, backgrounds are textured and cluttered. Each class has
+its own appearance (a hue and a stripe texture of its own frequency and angle, with noise), so a
+small CNN learns it in minutes, but small, thin and partly hidden objects stay hard, and that is
+where Jaccard-type losses differ from cross-entropy. Everything is deterministic given the seed.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from PIL import Image
 
 from ..params import ParamsError
 from .layouts import CITYSCAPES, IGNORE_INDEX, VOC_AUG
+from .stats import StatisticsTargets
 
 
 @dataclass
@@ -36,17 +40,29 @@ class SyntheticParams:
     pixel_noise: float = 0.12  # per-pixel noise
     distractors: list[int] = dataclasses.field(default_factory=lambda: [0, 0])  # [min, max]
     # background blobs that borrow an object class's colour but not its texture
+    # [min, max] object radius over the image's shorter side, drawn log-uniformly
+    object_size: list[float] = dataclasses.field(default_factory=lambda: [0.016, 0.3])
+    # mean object classes an image draws (1 + Poisson) before its objects pick among them, as
+    # real photos hold a few objects of few classes; null: every object picks its own class
+    classes_per_image: float | None = None
+    targets: StatisticsTargets | None = None  # what the labels must look like (the data stage
+    # checks them; the published figures they come from are in `targets.source`)
 
     def validate(self, where: str) -> None:
         if self.train < 1 or self.val < 1:
             raise ParamsError(f"params.yaml: {where}: train and val must be >= 1")
         if min(self.height, self.width) < 32:
             raise ParamsError(f"params.yaml: {where}: height and width must be >= 32")
-        for name in ("objects_per_image", "distractors"):
+        for name in ("objects_per_image", "distractors", "object_size"):
             value = getattr(self, name)
             if len(value) != 2 or not 0 <= value[0] <= value[1]:
                 raise ParamsError(f"params.yaml: {where}.{name} must be [min, max], "
                                   f"0 <= min <= max, got {value}")
+        if not 0 < self.object_size[0]:
+            raise ParamsError(f"params.yaml: {where}.object_size[0] must be > 0")
+        if self.classes_per_image is not None and self.classes_per_image < 1:
+            raise ParamsError(f"params.yaml: {where}.classes_per_image must be >= 1 or null, "
+                              f"got {self.classes_per_image}")
 
 
 class Appearance:
@@ -100,14 +116,29 @@ def _boundary(label: np.ndarray) -> np.ndarray:
     return edge
 
 
+def _bar_mask(rng, grid, height: int, width: int) -> np.ndarray:
+    """A thin upright bar (a pole): 1 to 3 pixels wide, standing on the lower half."""
+    rows, cols = grid
+    left = rng.uniform(0, width - 3)
+    foot = rng.uniform(0.55, 0.95) * height
+    top = foot - rng.uniform(0.2, 0.55) * height
+    return (cols >= left) & (cols < left + rng.integers(1, 4)) & (rows >= top) & (rows < foot)
+
+
 class SceneGenerator:
-    """Draws (image, label) pairs: a background layout, then objects in depth order."""
+    """Draws (image, label) pairs: a background layout, then objects in depth order.
+
+    `shapes` gives a class a shape of its own: 'bar' (thin poles) or 'small' (signs, lights: a
+    tenth of the usual size range); every other class draws ellipses, rectangles and triangles.
+    """
 
     def __init__(self, params: SyntheticParams, num_classes: int, background: list[tuple],
-                 object_classes: list[int], boundary_ignore: bool):
+                 object_classes: list[int], boundary_ignore: bool,
+                 shapes: dict[int, str] | None = None):
         self.params = params
         self.num_classes = num_classes
         self.background = background  # [(class, top fraction, bottom fraction)] bands
+        self.shapes = shapes or {}
         self.object_classes = np.array(object_classes)
         ranks = np.arange(1, len(object_classes) + 1, dtype=float)
         self.class_probability = ranks ** -params.imbalance / np.sum(ranks ** -params.imbalance)
@@ -128,9 +159,13 @@ class SceneGenerator:
             label[band] = cls
             self.appearance.paint(image, band, cls, rng, self.grid)
         scale = min(height, width)
+        low, high = (scale * f for f in self.params.object_size)
 
-        def blob() -> np.ndarray:  # tiny to large, log-uniform
-            size = np.exp(rng.uniform(np.log(2.0), np.log(scale * 0.3)))
+        def blob(shape: str | None = None) -> np.ndarray:  # tiny to large, log-uniform
+            if shape == "bar":
+                return _bar_mask(rng, self.grid, height, width)
+            top = max(low, high / 10) if shape == "small" else high
+            size = np.exp(rng.uniform(np.log(low), np.log(top)))
             centre = (rng.uniform(0, height), rng.uniform(0, width))
             return _shape_mask(int(rng.integers(3)), centre, (size, size * rng.uniform(0.4, 1.6)),
                                rng.uniform(0, np.pi), self.grid)
@@ -141,10 +176,18 @@ class SceneGenerator:
             under = int(label[mask].max()) if mask.any() else 0
             self.appearance.paint(image, mask, int(rng.choice(self.object_classes)), rng,
                                   self.grid, texture=under)
-        low, high = self.params.objects_per_image
-        for _ in range(rng.integers(low, high + 1)):  # later objects occlude earlier ones
-            cls = int(rng.choice(self.object_classes, p=self.class_probability))
-            mask = blob()
+        fewest, most = self.params.objects_per_image
+        count = int(rng.integers(fewest, most + 1))
+        classes = self._image_classes(rng, count)
+        for i in range(count):  # later objects occlude earlier ones
+            # every class the image drew gets an object, the rest pick by frequency
+            cls = int(classes[i] if i < len(classes) and self.params.classes_per_image
+                      else rng.choice(classes, p=self._probability(classes)))
+            mask = blob(self.shapes.get(cls))
+            for _ in range(8):  # objects of one class apart, so each stays an object of its own
+                if not (label[mask] == cls).any():
+                    break
+                mask = blob(self.shapes.get(cls))
             if not mask.any():
                 continue
             label[mask] = cls
@@ -154,18 +197,45 @@ class SceneGenerator:
         pixels = np.clip(image * 255, 0, 255).astype(np.uint8)
         return pixels, label
 
+    def _image_classes(self, rng: np.random.Generator, count: int) -> np.ndarray:
+        """The classes this image's objects pick from: all, or 1 + Poisson(mean - 1) of them
+        (never more than the objects), drawn by the Zipf frequencies."""
+        mean = self.params.classes_per_image
+        if mean is None:
+            return self.object_classes
+        wanted = min(1 + int(rng.poisson(mean - 1)), max(count, 1), len(self.object_classes))
+        return rng.choice(self.object_classes, size=wanted, replace=False,
+                          p=self.class_probability)
+
+    def _probability(self, classes: np.ndarray) -> np.ndarray:
+        index = {int(c): i for i, c in enumerate(self.object_classes)}
+        weights = self.class_probability[[index[int(c)] for c in classes]]
+        return weights / weights.sum()
+
+
+#: VOC's object classes from the most to the least frequent, by the number of VOC 2012
+#: segmentation training images holding each (person first, by far; the devkit's statistics).
+VOC_FREQUENCY_ORDER = ("person", "chair", "cat", "car", "dog", "bird", "sofa", "aeroplane",
+                       "bottle", "tvmonitor", "train", "diningtable", "pottedplant", "motorbike",
+                       "boat", "bus", "horse", "bicycle", "cow", "sheep")
+
 
 def voc_generator(params: SyntheticParams) -> SceneGenerator:
-    # background (class 0) everywhere, 20 object classes; borders ignored like VOC's
-    return SceneGenerator(params, len(VOC_AUG.classes), [(0, -0.1, 1.1)],
-                          list(range(1, 21)), boundary_ignore=True)
+    # background (class 0) everywhere, 20 object classes in VOC's frequency order (the Zipf
+    # ranks); borders ignored like VOC's
+    objects = [VOC_AUG.classes.index(name) for name in VOC_FREQUENCY_ORDER]
+    return SceneGenerator(params, len(VOC_AUG.classes), [(0, -0.1, 1.1)], objects,
+                          boundary_ignore=True)
 
 
 def cityscapes_generator(params: SyntheticParams) -> SceneGenerator:
     # sky / building / vegetation / sidewalk / road bands, then things and small stuff
-    bands = [(10, -0.1, 0.25), (2, 0.25, 0.5), (8, 0.5, 0.6), (1, 0.6, 0.72), (0, 0.72, 1.1)]
+    # shares near Cityscapes': road, building and vegetation dominate, the sky is a strip
+    bands = [(10, -0.1, 0.08), (2, 0.08, 0.38), (8, 0.38, 0.53), (1, 0.53, 0.6), (0, 0.6, 1.1)]
     objects = [13, 11, 5, 7, 8, 18, 9, 3, 4, 6, 12, 14, 15, 17, 16]
-    return SceneGenerator(params, len(CITYSCAPES.classes), bands, objects, boundary_ignore=False)
+    shapes = {5: "bar", 6: "small", 7: "small"}  # pole; traffic light, traffic sign
+    return SceneGenerator(params, len(CITYSCAPES.classes), bands, objects, boundary_ignore=False,
+                          shapes=shapes)
 
 
 def _split_rngs(seed: int, split: str, count: int):

@@ -2,7 +2,8 @@
 
 Checks that each split exists and has the expected number of pairs, that every image has its
 label with the same size, and that label values lie in [0, C) ∪ {255}. The first bad file fails
-the stage by name. The manifest records counts, the class pixel histogram and a content hash.
+the stage by name. The manifest records counts, the class pixel histogram, the label statistics
+(`pipeline.data.stats`) and a content hash.
 """
 from __future__ import annotations
 
@@ -15,7 +16,10 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .layouts import IGNORE_INDEX, Layout
+from .layouts import CITYSCAPES, IGNORE_INDEX, VOC_AUG, Layout
+from .stats import LabelStatistics
+
+LAYOUTS = {layout.name: layout for layout in (VOC_AUG, CITYSCAPES)}
 
 
 class DatasetError(ValueError):
@@ -26,6 +30,17 @@ def manifest_hash(root: Path) -> str | None:
     """The content hash in `root`'s manifest.json (the data stage's), None without one."""
     manifest = root / "manifest.json"
     return json.loads(manifest.read_text())["content_sha256"] if manifest.is_file() else None
+
+
+def layout_of(root: Path) -> Layout:
+    """The layout a built dataset's manifest names."""
+    manifest = root / "manifest.json"
+    if not manifest.is_file():
+        raise ValueError(f"{manifest}: missing (build the dataset first: dvc repro data@<key>)")
+    name = json.loads(manifest.read_text()).get("layout")
+    if name not in LAYOUTS:
+        raise ValueError(f"{manifest}: unknown layout {name!r} (known: {', '.join(LAYOUTS)})")
+    return LAYOUTS[name]
 
 
 def _read(path: Path, root: Path, content) -> Image.Image:
@@ -39,6 +54,7 @@ def validate(layout: Layout, root: Path, expected: dict[str, int] | None = None)
     """Validate `root` against `layout`; return the manifest (also written to root)."""
     histogram = np.zeros(layout.num_classes + 1, dtype=np.int64)  # last bin: ignore
     counts, content = {}, hashlib.sha256()
+    statistics = LabelStatistics(layout)
     for split in layout.splits:
         try:
             pairs = layout.pairs(root, split)
@@ -76,6 +92,7 @@ def validate(layout: Layout, root: Path, expected: dict[str, int] | None = None)
             if bad.size:
                 raise DatasetError(f"{label_path}: label values {bad.tolist()} outside "
                                    f"[0, {layout.num_classes}) and not {IGNORE_INDEX}")
+            statistics.add(label)
             histogram[:-1] += values[:layout.num_classes]
             histogram[-1] += values[IGNORE_INDEX]
     manifest = {
@@ -84,6 +101,7 @@ def validate(layout: Layout, root: Path, expected: dict[str, int] | None = None)
         "counts": counts,
         "class_pixels": dict(zip(layout.classes, histogram[:-1].tolist(), strict=True)),
         "ignored_pixels": int(histogram[-1]),
+        "statistics": statistics.summary(),
         "content_sha256": content.hexdigest(),
     }
     (root / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

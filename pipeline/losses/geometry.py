@@ -145,3 +145,24 @@ def iou_and_pixiou(counts: PixIoUCounts) -> tuple[Tensor, Tensor]:
     pixiou = (counts.intersection - counts.delta) / union
     nan = torch.full_like(iou, float("nan"))
     return torch.where(union > 0, iou, nan), torch.where(union > 0, pixiou, nan)
+
+
+def image_iou(intersection: Tensor, union: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-image IoU averaged per class over the images where it is defined (image-mIoU's terms).
+
+    intersection, union: [N, C] per-image counts |G_ic ∩ P_ic|, |G_ic ∪ P_ic|.
+    Returns (per-class [C], mean): IoU_ic = intersection / union where union > 0; per class the
+    mean over those images (NaN for a class defined in no image); the mean over the classes
+    defined in at least one image (NaN if none). A class absent from both the image's ground
+    truth and its prediction says nothing about that image and is left out, unlike Berman et
+    al.'s reference `iou(..., per_image=True)`, which counts it as 1 (docs/study.md).
+    """
+    if intersection.shape != union.shape or intersection.dim() != 2:
+        raise ValueError(f"intersection and union must both be [N, C], got "
+                         f"{tuple(intersection.shape)} and {tuple(union.shape)}")
+    intersection, union = intersection.double(), union.double()
+    defined = union > 0
+    per_image = torch.where(defined, intersection / union.clamp(min=1), 0.0)
+    images = defined.sum(0)
+    per_class = torch.where(images > 0, per_image.sum(0) / images.clamp(min=1), float("nan"))
+    return per_class, per_class.nanmean()

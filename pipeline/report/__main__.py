@@ -5,12 +5,14 @@
 Reads `results/<dataset>.json` for every dataset of `study.datasets` (and `sweep.losses` /
 `sweep.seeds`, to count planned trials that are missing) and writes, under `report.output`:
 
-    tables.md, tables.tex    per dataset: losses x (mIoU, mPixIoU, Δ vs baselines, published);
-                             per-class IoU and PixIoU; the claim checks (Holm-corrected);
+    tables.md, tables.tex    per dataset: losses x (mIoU, image-mIoU, mPixIoU, Δ vs baselines,
+                             published); per class IoU, image-IoU and PixIoU; the claim
+                             checks (Holm-corrected);
                              the gradient study
     results.csv              one row per trial, failed and missing ones included
     metrics.json             DVC metrics: means, stds, trial counts, claim verdicts
-    figures/*.png            mIoU per seed, validation curves, per-class bars, gradient study
+    figures/*.png            mIoU and image-mIoU per seed, validation curves, per-class bars,
+                             gradient study
     plots/**.csv             DVC plots data: validation curves, gradient study
 
 Everything is read and checked before anything is written; the same inputs give the same bytes.
@@ -30,22 +32,35 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..measures import IMAGE_MIOU, MIOU, MPIXIOU, PER_CLASS
 from ..params import ParamsError, load_params, lookup, parse_section
+from ..study_losses import StudyLoss
 from . import figures
 from .compare import ClaimParams, LossRow, check_claim, correct_for_family, loss_rows
 from .gradients import COLUMNS, gradient_study, summary_rows
 from .published import PublishedError, find, load_published
 from .results import FINISHED, METRICS, MISSING, DatasetResults, ResultsError, load_results
-from .tables import claims_table, dataset_table, gradient_table, latex, markdown, per_class_table
+from .tables import (
+    claims_table,
+    data_table,
+    dataset_table,
+    gradient_table,
+    latex,
+    markdown,
+    per_class_table,
+)
 
-#: PixIoU's formulas are not public: the claims are checked against the project's reconstruction.
+#: PixIoU's formulas were not available to this project: the claims are checked against its
+#: reconstruction.
 PIXIOU_SOURCE = "Yu et al. 2021, PixIoU as defined in docs/pixiou.md"
 
 
 def _default_claims() -> list[ClaimParams]:
-    return [ClaimParams("lovasz", "ce", "mIoU", "Berman et al. 2018"),
-            ClaimParams("pixiou", "lovasz", "mIoU", PIXIOU_SOURCE),
-            ClaimParams("pixiou", "lovasz", "mPixIoU", PIXIOU_SOURCE)]
+    return [ClaimParams("lovasz", "ce", MIOU, "Berman et al. 2018"),
+            ClaimParams("lovasz_img", "lovasz", IMAGE_MIOU, "Berman et al. 2018"),
+            ClaimParams("lovasz", "lovasz_img", MIOU, "Berman et al. 2018"),
+            ClaimParams("pixiou", "lovasz", MIOU, PIXIOU_SOURCE),
+            ClaimParams("pixiou", "lovasz", MPIXIOU, PIXIOU_SOURCE)]
 
 
 @dataclass
@@ -76,11 +91,15 @@ class Report:
 
 
 def load_report_params(params: dict) -> tuple[ReportParams, list[str], list[str], list[int],
-                                              dict]:
+                                              dict[str, StudyLoss]]:
     report = parse_section(ReportParams, params.get("report", {}), "report")
     datasets = lookup(params, "study.datasets")
     losses, seeds = lookup(params, "sweep.losses"), lookup(params, "sweep.seeds")
-    known = lookup(params, "train.losses")
+    raw = lookup(params, "train.losses")
+    if not isinstance(raw, dict):
+        raise ParamsError(f"params.yaml: train.losses must be a mapping, got {raw!r}")
+    known = {key: parse_section(StudyLoss, value, f"train.losses.{key}")
+             for key, value in raw.items()}
     for where, key in [*((f"report.baselines[{i}]", b) for i, b in enumerate(report.baselines)),
                        *((f"report.claims[{i}].{side}", getattr(c, side))
                          for i, c in enumerate(report.claims) for side in ("better", "worse"))]:
@@ -104,7 +123,8 @@ def build(params_file: Path | str = "params.yaml") -> tuple[ReportParams, Report
                                   next(iter(iterations)) if len(iterations) == 1 else None,
                                   row.terms, "mIoU") for row in rows}
         tables = [dataset_table(results, rows, report.baselines, matches, report.confidence),
-                  per_class_table(results, rows, "IoU"), per_class_table(results, rows, "PixIoU")]
+                  *(per_class_table(results, rows, PER_CLASS[m]) for m in METRICS)]
+        tables += [t for t in (data_table(results),) if t is not None]
         md += [markdown(t) for t in tables]
         tex += [latex(t) for t in tables]
         claims += [check_claim(c, results, report.confidence) for c in report.claims]

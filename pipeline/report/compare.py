@@ -4,20 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from ..measures import METRICS
 from ..params import ParamsError
 from ..stats import Difference, Summary, holm, paired_difference, summarise, verdict
-from .results import FAILED, FINISHED, METRICS, MISSING, STOPPED, DatasetResults, LossResults
-
-TERM_NAMES = {"ce": "CE", "lovasz": "Lovász-Softmax", "pixiou": "Lovász-PixIoU"}
-
-
-def loss_label(key: str, terms: dict[str, float]) -> str:
-    """The papers' name of a loss from its terms: {ce: 1, lovasz: 0.5} -> 'CE + 0.5·Lovász-Softmax'.
-    """
-    if not terms:
-        return key
-    return " + ".join(("" if float(w) == 1 else f"{float(w):g}·") + TERM_NAMES.get(t, t)
-                      for t, w in terms.items())
+from .results import FAILED, FINISHED, MISSING, STOPPED, DatasetResults, LossResults
 
 
 @dataclass(frozen=True)
@@ -39,7 +29,7 @@ class ClaimParams:
 class LossRow:
     loss: str
     label: str
-    terms: dict[str, float]
+    terms: list[dict]
     summaries: dict[str, Summary]  # metric -> mean ± std over the finished seeds
     deltas: dict[tuple[str, str], Difference | None]  # (baseline, metric) -> paired difference
     counts: dict[str, int]  # finished / stopped / failed / missing trials
@@ -97,7 +87,7 @@ def loss_rows(results: DatasetResults, baselines: list[str], confidence: float) 
                     deltas[baseline, metric] = paired_difference(
                         values[lr.loss][metric], values[baseline][metric], confidence)
         rows.append(LossRow(
-            loss=lr.loss, label=loss_label(lr.loss, lr.terms), terms=lr.terms,
+            loss=lr.loss, label=lr.name, terms=lr.terms,
             summaries={m: summarise(list(values[lr.loss][m].values())) for m in METRICS},
             deltas=deltas, values=values[lr.loss],
             counts={s: len(lr.by_status(s)) for s in (FINISHED, STOPPED, FAILED, MISSING)},
@@ -123,8 +113,8 @@ def _classes_below_1(losses: LossResults) -> tuple[int, int] | None:
 
 def check_claim(claim: ClaimParams, results: DatasetResults, confidence: float) -> ClaimResult:
     better, worse = results.loss(claim.better), results.loss(claim.worse)
-    labels = [loss_label(key, lr.terms if lr else {}) for key, lr in
-              ((claim.better, better), (claim.worse, worse))]
+    labels = [lr.name if lr else key for key, lr in ((claim.better, better),
+                                                     (claim.worse, worse))]
     reason = _no_comparison(claim, better, worse)
     difference = None if reason else paired_difference(
         better.values(claim.metric), worse.values(claim.metric), confidence)

@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ..measures import IMAGE_MIOU, MIOU  # noqa: E402
 from .compare import LossRow  # noqa: E402
 from .gradients import CASES, COLUMNS, SETTINGS  # noqa: E402
 from .results import FINISHED, DatasetResults  # noqa: E402
@@ -24,51 +25,62 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+#: The two sides of Berman et al.'s "per image versus over the dataset": a row of plots each.
+SIDES = (MIOU, IMAGE_MIOU)
+
+
 def miou_per_seed(studies: list[tuple[DatasetResults, list[LossRow]]], path: Path) -> Path:
-    """mIoU per loss and dataset: every finished seed a dot, the mean a bar; unfinished trials
-    are counted under the loss's name."""
-    fig, axes = plt.subplots(1, len(studies), figsize=(5.5 * len(studies), 4.2), squeeze=False)
-    for ax, (results, rows) in zip(axes[0], studies, strict=True):
-        for x, row in enumerate(rows):
-            seeds = row.values["mIoU"]
-            colour = COLOURS[x % len(COLOURS)]
-            for j, value in enumerate(seeds.values()):
-                ax.plot(x + (j - (len(seeds) - 1) / 2) * 0.08, value, "o", color=colour,
-                        markersize=6, markeredgecolor="black", markeredgewidth=0.5)
-            if seeds:
-                ax.hlines(row.summaries["mIoU"].mean, x - 0.3, x + 0.3, color=colour, lw=2)
-        ax.set_xticks(range(len(rows)), [_tick(row) for row in rows], fontsize=8)
-        ax.set_ylabel("mIoU (%)")
-        ax.set_title(f"{results.dataset}: mIoU per seed (bar: mean)", fontsize=10)
-        ax.grid(axis="y", alpha=0.3)
+    """mIoU (top) and image-mIoU (bottom) per loss and dataset: every finished seed a dot, the
+    mean a bar; unfinished trials are counted under the loss's name."""
+    width = max(5.5, 0.9 * max(len(rows) for _, rows in studies) + 1)
+    fig, axes = plt.subplots(len(SIDES), len(studies), figsize=(width * len(studies), 8.4),
+                             squeeze=False)
+    for metric, axes_row in zip(SIDES, axes, strict=True):
+        for ax, (results, rows) in zip(axes_row, studies, strict=True):
+            for x, row in enumerate(rows):
+                seeds = row.values[metric]
+                colour = COLOURS[x % len(COLOURS)]
+                for j, value in enumerate(seeds.values()):
+                    ax.plot(x + (j - (len(seeds) - 1) / 2) * 0.08, value, "o", color=colour,
+                            markersize=6, markeredgecolor="black", markeredgewidth=0.5)
+                if seeds:
+                    ax.hlines(row.summaries[metric].mean, x - 0.3, x + 0.3, color=colour, lw=2)
+            ax.set_xticks(range(len(rows)), [_tick(row) for row in rows], fontsize=7)
+            ax.set_ylabel(f"{metric} (%)")
+            ax.set_title(f"{results.dataset}: {metric} per seed (bar: mean)", fontsize=10)
+            ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
 
 
 def _tick(row: LossRow) -> str:
-    label = row.label.replace(" + ", "\n+ ")
+    label = row.label.replace(" + ", "\n+ ").replace(" (", "\n(")
     return label + (f"\n({', '.join(row.problems)})" if row.problems else "")
 
 
 def validation_curves(studies: list[tuple[DatasetResults, list[LossRow]]], path: Path) -> Path:
-    """Validation mIoU against iteration: each seed a thin line, a loss one colour."""
-    fig, axes = plt.subplots(1, len(studies), figsize=(5.5 * len(studies), 4.0), squeeze=False)
-    for ax, (results, rows) in zip(axes[0], studies, strict=True):
-        for x, row in enumerate(rows):
-            colour = COLOURS[x % len(COLOURS)]
-            drawn = False
-            for trial in results.loss(row.loss).trials:
-                if not trial.history:
-                    continue
-                style = "-" if trial.status == FINISHED else ":"
-                ax.plot([p["iteration"] for p in trial.history],
-                        [p["mIoU"] for p in trial.history], style, color=colour, lw=1.2,
-                        marker="o", markersize=3, label=None if drawn else row.label)
-                drawn = True
-        ax.set_xlabel("iteration")
-        ax.set_ylabel("validation mIoU (%)")
-        ax.set_title(f"{results.dataset}: validation curves (dotted: unfinished)", fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    """Validation mIoU (top) and image-mIoU (bottom) against iteration: each seed a thin line, a
+    loss one colour."""
+    fig, axes = plt.subplots(len(SIDES), len(studies), figsize=(5.5 * len(studies), 8.0),
+                             squeeze=False)
+    for metric, axes_row in zip(SIDES, axes, strict=True):
+        for ax, (results, rows) in zip(axes_row, studies, strict=True):
+            for x, row in enumerate(rows):
+                colour = COLOURS[x % len(COLOURS)]
+                drawn = False
+                for trial in results.loss(row.loss).trials:
+                    points = [p for p in trial.history if p.get(metric) is not None]
+                    if not points:
+                        continue
+                    style = "-" if trial.status == FINISHED else ":"
+                    ax.plot([p["iteration"] for p in points], [p[metric] for p in points], style,
+                            color=colour, lw=1.2, marker="o", markersize=3,
+                            label=None if drawn else row.label)
+                    drawn = True
+            ax.set_xlabel("iteration")
+            ax.set_ylabel(f"validation {metric} (%)")
+            ax.set_title(f"{results.dataset}: {metric} (dotted: unfinished)", fontsize=10)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=6)
     return _save(fig, path)
 
 

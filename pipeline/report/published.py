@@ -10,7 +10,9 @@ from pathlib import Path
 
 import yaml
 
-FIELDS = ("dataset", "config", "iterations", "loss_terms", "metric", "value", "split",
+from ..study_losses import canonical
+
+FIELDS = ("dataset", "config", "iterations", "loss", "metric", "value", "split",
           "network", "source")
 
 
@@ -23,7 +25,7 @@ class Published:
     dataset: str
     config: str
     iterations: int
-    loss_terms: dict[str, float]
+    loss: list[dict]  # mmseg loss configs, as train.losses.<key>.terms
     metric: str
     value: float
     split: str
@@ -31,11 +33,9 @@ class Published:
     source: str
 
     def matches(self, dataset: str, config: str, iterations: int | None,
-                terms: dict[str, float], metric: str) -> bool:
+                terms: list[dict], metric: str) -> bool:
         return (self.dataset, self.config, self.iterations, self.metric) == \
-            (dataset, config, iterations, metric) and \
-            {k: float(v) for k, v in self.loss_terms.items()} == \
-            {k: float(v) for k, v in terms.items()}
+            (dataset, config, iterations, metric) and canonical(self.loss) == canonical(terms)
 
     @property
     def note(self) -> str:
@@ -62,13 +62,16 @@ def load_published(path: Path) -> list[Published]:
                 ([f"missing field '{missing[0]}'"] if missing else [])))
         if isinstance(entry["value"], bool) or not isinstance(entry["value"], (int, float)):
             raise PublishedError(f"{where}: value {entry['value']!r} is not a number")
-        if not isinstance(entry["loss_terms"], dict):
-            raise PublishedError(f"{where}: loss_terms must be a mapping, e.g. {{ce: 1.0}}")
+        loss = entry["loss"]
+        if not isinstance(loss, list) or not all(isinstance(t, dict) and "type" in t
+                                                 for t in loss):
+            raise PublishedError(f"{where}: loss must be a list of mmseg loss configs, e.g. "
+                                 f"[{{type: CrossEntropyLoss}}], got {loss!r}")
         published.append(Published(**entry))
     return published
 
 
 def find(published: list[Published], dataset: str, config: str, iterations: int | None,
-         terms: dict[str, float], metric: str) -> Published | None:
+         terms: list[dict], metric: str) -> Published | None:
     return next((p for p in published
                  if p.matches(dataset, config, iterations, terms, metric)), None)

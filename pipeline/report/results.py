@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..data.layouts import CITYSCAPES_CLASSES, VOC_CLASSES
+from ..measures import METRICS
 from ..pretrain import StartingPoint
+from ..study_losses import StudyLoss
 
 FINISHED, STOPPED, FAILED, MISSING = "finished", "stopped", "failed", "missing"
 STATUSES = (FINISHED, STOPPED, FAILED)
-METRICS = ("mIoU", "mPixIoU")
 #: Per-class tables follow the dataset's own class order where it is a known one.
 CLASS_ORDERS = (VOC_CLASSES, CITYSCAPES_CLASSES)
 
@@ -29,9 +30,9 @@ class TrialResult:
     loss: str
     seed: int
     status: str  # finished | stopped | failed | missing (planned, absent from the file)
-    metrics: dict[str, float]  # mIoU, mPixIoU (finished trials only)
-    per_class: dict[str, float]  # "IoU.<class>" / "PixIoU.<class>" (finished trials only)
-    history: list[dict]  # [{iteration, mIoU, mPixIoU, ...}] validation history
+    metrics: dict[str, float]  # pipeline.measures.METRICS (finished trials only)
+    per_class: dict[str, float]  # "IoU.<class>", "image-IoU.<class>", ... (finished trials)
+    history: list[dict]  # [{iteration, mIoU, image-mIoU, mPixIoU, ...}] validation history
     lr: float | None = None
     iterations: int | None = None
     error: str | None = None
@@ -51,7 +52,8 @@ class LossResults:
     """The trials of one loss, one per planned seed (several per seed under an lr search)."""
 
     loss: str
-    terms: dict[str, float]
+    name: str  # its display name (train.losses.<loss>.name; the key for a loss params lacks)
+    terms: list[dict]  # its mmseg loss configs
     trials: list[TrialResult]
 
     def by_status(self, status: str) -> list[TrialResult]:
@@ -88,6 +90,7 @@ class DatasetResults:
     losses: list[LossResults]
     classes: list[str] = field(default_factory=list)
     start: dict | None = None  # the sweep's protocol and starting checkpoint (older files: None)
+    data: dict | None = None  # the data stage's label statistics and target check, if recorded
 
     def protocol(self) -> str:
         """How the trials were trained, for captions."""
@@ -148,7 +151,7 @@ def _read_trial(record, where: str) -> tuple[TrialResult, dict]:
         error=_require(record, "error", str, where, nullable=True) if "error" in record else None,
         wall_time_s=record.get("wall_time_s"), mlflow_run_id=record.get("mlflow_run_id"),
         selection_mIoU=(record.get("selection") or {}).get("mIoU"))
-    terms = _require(record, "loss_terms", dict, where)
+    terms = _require(record, "loss_terms", list, where)
     return trial, terms
 
 
@@ -161,10 +164,11 @@ def class_order(names: set[str]) -> list[str]:
 
 def load_results(path: Path, dataset: str, planned_losses: Sequence[str],
                  planned_seeds: Sequence[int],
-                 known_terms: dict[str, dict[str, float]] | None = None) -> DatasetResults:
+                 known: dict[str, StudyLoss] | None = None) -> DatasetResults:
     """Read one results file; planned (loss, seed) pairs absent from it become `missing` trials.
 
-    known_terms: train.losses, naming the terms of a planned loss that has no trial in the file.
+    known: train.losses, which names every loss and gives the terms of a planned loss that has
+    no trial in the file.
 
     Raises ResultsError naming the file for a missing, empty or malformed file.
     """
@@ -202,9 +206,12 @@ def load_results(path: Path, dataset: str, planned_losses: Sequence[str],
         absent = [TrialResult(loss, seed, MISSING, {}, {}, []) for seed in planned_seeds
                   if seed not in seeds]
         runs = sorted(present + absent, key=lambda t: (t.seed, t.lr or 0.0))
-        losses.append(LossResults(loss, terms.get(loss, (known_terms or {}).get(loss, {})), runs))
+        study_loss = (known or {}).get(loss)
+        losses.append(LossResults(loss, study_loss.name if study_loss else loss,
+                                  terms.get(loss, study_loss.terms if study_loss else []), runs))
     names = {name.split(".", 1)[1] for runs in trials.values() for t in runs
              for name in t.per_class if name.startswith("IoU.")}
     start = _require(data, "start", dict, where, nullable=True) if "start" in data else None
+    statistics = _require(data, "data", dict, where, nullable=True) if "data" in data else None
     return DatasetResults(dataset, _require(data, "config", str, where), path, losses,
-                          class_order(names), start)
+                          class_order(names), start, statistics)

@@ -98,6 +98,11 @@ def dataset_table(results: DatasetResults, rows: list[LossRow], baselines: list[
         f"seeds; Trials: finished/planned. Δ: mean of the paired differences over the seeds "
         f"both losses finished, with its {ci} (Student t), not corrected for the number of "
         f"comparisons (the claims table is); the best mean in bold.",
+        "mIoU: each class's IoU over the whole validation set (Σ intersections / Σ unions), "
+        "what a batch (whole-dataset) Jaccard loss optimises. image-mIoU: each image's own IoU "
+        "per class, averaged over the images where the class is in the ground truth or the "
+        "prediction, then over the classes (Berman et al.'s per-image Jaccard; docs/study.md, "
+        "\"The measures\").",
         "mPixIoU can be negative: per class, PixIoU lies in (2·IoU − 1, IoU] "
         "(docs/pixiou.md), so a class the model rarely or never predicts, with IoU near 0, "
         "scores below 0 and pulls the mean down; see the PixIoU per class table.",
@@ -144,7 +149,7 @@ def _trial_notes(results: DatasetResults) -> list[str]:
 
 
 def per_class_table(results: DatasetResults, rows: list[LossRow], metric: str = "IoU") -> Table:
-    """`metric` (IoU or PixIoU) per class and loss, mean over the finished seeds."""
+    """`metric` (IoU, image-IoU or PixIoU) per class and loss, mean over the finished seeds."""
     columns = [row for row in rows if row.counts["finished"]]
     per_loss = {lr.loss: lr.finished_per_class() for lr in results.losses}
     body = []
@@ -159,6 +164,9 @@ def per_class_table(results: DatasetResults, rows: list[LossRow], metric: str = 
                                     for i, m in enumerate(means)])
     skipped = [row.label for row in rows if not row.counts["finished"]]
     notes = [f"{metric} per class, mean over the finished seeds; the best per class in bold."]
+    if metric == "image-IoU":
+        notes.append("image-IoU: per class, the mean IoU over the validation images where the "
+                     "class is in the ground truth or the prediction.")
     if metric == "PixIoU":
         notes.append("PixIoU ≤ IoU per class; below 0 where the IoU is near 0 "
                      "(PixIoU > 2·IoU − 1).")
@@ -167,6 +175,39 @@ def per_class_table(results: DatasetResults, rows: list[LossRow], metric: str = 
     slug = "per-class" if metric == "IoU" else f"per-class-{metric.lower()}"
     return Table(f"{results.dataset}: {metric} per class", ["Class", *(r.label for r in columns)],
                  body, notes, f"tab:{results.dataset}-{slug}")
+
+
+def data_table(results: DatasetResults) -> Table | None:
+    """What the dataset's labels look like, against the targets of its data stage."""
+    statistics = (results.data or {}).get("statistics")
+    if not statistics:
+        return None
+    shares = statistics["class_share"]
+    largest = sorted(shares, key=shares.get, reverse=True)[:3]
+    body = [[Cell("images"), Cell(str(statistics["images"])), Cell(DASH), Cell(DASH)]]
+    for key in ("objects_per_image", "object_classes_per_image"):
+        value = statistics[key]
+        body.append([Cell(f"{key.replace('_', ' ')} (mean; median)"),
+                     Cell(f"{value['mean']:.2f}; {value['median']:g}"), Cell(DASH), Cell(DASH)])
+    body.append([Cell("largest classes (pixel share)"),
+                 Cell(", ".join(f"{name} {100 * shares[name]:.1f}%" for name in largest)),
+                 Cell(DASH), Cell(DASH)])
+    for row in (results.data or {}).get("targets") or []:
+        value, bounds = row["value"], row["range"]
+        shown = ", ".join(value) if isinstance(value, list) else \
+            DASH if value is None else f"{value:.4g}"
+        target = ", ".join(bounds) if row["target"] == "largest classes" else \
+            f"[{bounds[0]:g}, {bounds[1]:g}]"
+        body.append([Cell(row["target"]), Cell(shown), Cell(target),
+                     Cell("yes" if row["met"] else "NO", bold=not row["met"])])
+    notes = ["Computed by the data stage from the labels (pipeline/data/stats.py): an object is a "
+             "connected region of one class (VOC's ignored borders part instances); object "
+             "classes count the dataset's countable classes; shares are of the labelled pixels; "
+             "thickness is a region's area over its longer side, over the image width. Targets: "
+             f"params.yaml datasets.{results.dataset}.targets, with the figures they come from."]
+    return Table(f"{results.dataset}: the labels against their targets",
+                 ["Statistic", "Value", "Target", "Met"], body, notes,
+                 f"tab:{results.dataset}-data", text_columns=1)
 
 
 def p_value(value: float | None) -> str:

@@ -175,6 +175,7 @@ def load_study(dataset: str, params_file: Path | str = "params.yaml",
     tracking = parse_section(TrackingParams, params.get("tracking", {}), "tracking")
     for i, loss in enumerate(sweep.losses):
         train.terms_of(loss, f"params.yaml: sweep.losses[{i}]")
+    train.check_losses(sweep.losses)
     config = train.config_for(dataset)
     storage = Storage.parse(sweep.storage, on_cluster)
     data = dataset_version(dataset, lookup(params, "data.root"), sweep.data)
@@ -247,7 +248,8 @@ def plan_trials(study: Study) -> list[Trial]:
                                    study.sweep.workers, study.train.batch_size, lr,
                                    study.sweep.scale_lr)
                 spec = RunSpec(
-                    config=study.config, loss=loss, terms=study.train.losses[loss], seed=seed,
+                    config=study.config, loss=loss, terms=study.train.terms_of(loss, "sweep"),
+                    seed=seed, custom_imports=tuple(study.train.custom_imports),
                     work_dir="", lr=batch.lr if batch.scaled else lr,
                     iterations=study.train.iterations, val_interval=study.train.val_interval,
                     batch_size=study.train.batch_size, deterministic=study.train.deterministic,

@@ -6,8 +6,10 @@ failed, from what the sweep's storage holds and what Ray reported. A copy goes t
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from ..measures import METRICS
 from .plan import Study, Trial
 from .storage import Storage
 
@@ -27,18 +29,18 @@ def trial_record(study: Study, trial: Trial, *, summary: dict | None, stopped: d
               "effective_lr": trial.batch.lr, "nodes": nodes,
               "storage": study.storage.uri_of(*trial.folder), "mlflow_run_id": run_id}
     if summary is not None:
-        record.update(status="finished", error=None, mIoU=summary["mIoU"],
-                      mPixIoU=summary["mPixIoU"], per_class=summary["per_class"],
+        record.update(status="finished", error=None, **{m: summary[m] for m in METRICS},
+                      per_class=summary["per_class"],
                       history=summary["history"], iterations=summary["iterations"],
                       world_size=summary["world_size"], wall_time_s=summary["wall_time_s"],
                       selection=summary.get("selection"))
     elif stopped is not None:
-        record.update(status="stopped", error=None, mIoU=stopped.get("mIoU"),
-                      mPixIoU=stopped.get("mPixIoU"), per_class=None,
+        record.update(status="stopped", error=None, **{m: stopped.get(m) for m in METRICS},
+                      per_class=None,
                       history=stopped.get("history", []), world_size=None, wall_time_s=None)
     else:
-        record.update(status="failed", error=error or "did not finish", mIoU=None,
-                      mPixIoU=None, per_class=None, history=history, world_size=None,
+        record.update(status="failed", error=error or "did not finish",
+                      **dict.fromkeys(METRICS), per_class=None, history=history, world_size=None,
                       wall_time_s=None)
     return record
 
@@ -47,13 +49,26 @@ def write_results(study: Study, records: list[dict], parent_id: str | None,
                   results_dir: Path) -> dict:
     """results/<dataset>.json, renamed into place whole; the same in the sweep's storage."""
     results = {"dataset": study.dataset, "config": Path(study.config).stem,
-               "data_hash": study.data_hash, "storage": study.storage.uri_of(study.dataset),
+               "data_hash": study.data_hash, "data": data_statistics(study),
+               "storage": study.storage.uri_of(study.dataset),
                "start": study.start.identity() | {"source": study.start.source},
                "mlflow_parent_run_id": parent_id, "trials": records}
     for storage, name in ((study.storage, f"{study.dataset}/{RESULTS}"),
                           (Storage.parse(str(results_dir)), f"{study.dataset}.json")):
         storage.write_json(results, name)
     return results
+
+
+def data_statistics(study: Study) -> dict | None:
+    """The data stage's label statistics and target check (manifest.json), for the report;
+    None where the manifest is not on this machine (a dataset pulled by each node)."""
+    if study.data.path is None:
+        return None
+    manifest = Path(study.data.path) / study.dataset / "manifest.json"
+    if not manifest.is_file():
+        return None
+    content = json.loads(manifest.read_text())
+    return {"statistics": content.get("statistics"), "targets": content.get("targets")}
 
 
 def fetch_results(storage: Storage, dataset: str, results_dir: Path) -> Path:

@@ -15,6 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ..measures import METRICS
 from ..train import (
     HISTORY,
     RESULT_FILES,
@@ -55,9 +56,8 @@ class TrialReporter(Reporter):
         self._report(record, files, checkpoint.stem if checkpoint else None)
 
     def finished(self, summary: dict, work_dir: Path | None) -> None:
-        record = {"iteration": summary["iterations"], "mIoU": summary["mIoU"],
-                  "mPixIoU": summary["mPixIoU"], "world_size": summary["world_size"],
-                  "final": True}
+        record = {"iteration": summary["iterations"], **{m: summary[m] for m in METRICS},
+                  "world_size": summary["world_size"], "final": True}
         files = []
         if work_dir is not None:
             files = [work_dir / name for name in RESULT_FILES if (work_dir / name).exists()]

@@ -18,7 +18,7 @@ def test_changing_one_loss_weight_trains_only_that_loss(tmp_path):
     before = summaries(repo)
     ce_trials = {t["key"] for t in results(repo)["trials"] if t["loss"] == "ce"}
 
-    done = dvc(repo, "exp", "run", "-S", "train.losses.pixiou.pixiou=0.5", check=True)
+    done = dvc(repo, "exp", "run", "-S", "train.losses.pixiou.terms.0.loss_weight=0.5", check=True)
     assert "Stage 'data@synthetic_voc' didn't change" in done.stdout
     assert "4 trials, 2 already done, 2 to run" in done.stdout  # the ce trials stand
     after = summaries(repo)
@@ -27,9 +27,9 @@ def test_changing_one_loss_weight_trains_only_that_loss(tmp_path):
     trials = results(repo)["trials"]
     assert {t["key"] for t in trials if t["loss"] == "ce"} == ce_trials
     assert {json.dumps(t["loss_terms"]) for t in trials if t["loss"] == "pixiou"} == \
-        {json.dumps({"pixiou": 0.5})}
+        {json.dumps([{"type": "LovaszPixIoULoss", "loss_weight": 0.5}])}
 
     # The experiment is recorded with its params and the report's metrics.
     shown = json.loads(dvc(repo, "exp", "show", "--json", check=True).stdout)
     text = json.dumps(shown)
-    assert '"pixiou": 0.5' in text and "reports/metrics.json" in text
+    assert '"loss_weight": 0.5' in text and "reports/metrics.json" in text
