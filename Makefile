@@ -41,7 +41,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 help:
 	@echo "make repro   install (.venv) and run the study: dvc repro"
 	@echo "make test    install (.venv, with dev extras) and run the test suite"
-	@echo "make bench   benchmarks: losses, training step, sweep parallel efficiency (reports/bench/runs/)"
+	@echo "make bench   benchmarks: losses, training step, sweep parallel efficiency, evaluation cost (reports/bench/runs/)"
 	@echo "make ui      the MLflow UI of the study on http://127.0.0.1:5000 (UI_PORT=...)"
 	@echo "make status  where a running study stands (from MLflow and results/)"
 	@echo "make lint    ruff"
@@ -124,6 +124,8 @@ bench: install
 	$(BIN)/python -m bench.losses --out $(BENCH_OUT)/losses.json
 	$(BIN)/python -m bench.train_step --out $(BENCH_OUT)/train_step.json
 	$(BIN)/python -m bench.sweep_parallel --out $(BENCH_OUT)/sweep_parallel.json
+	$(BIN)/dvc repro pretrain@synthetic_voc
+	$(BIN)/python -m bench.evaluation --out $(BENCH_OUT)/evaluation.json
 	$(BIN)/python -m bench.table $(BENCH_OUT)
 	@echo ">>> records in $(BENCH_OUT)/. To make them the committed ones (docs/benchmarks.md):"
 	@echo "    cp $(BENCH_OUT)/*.json reports/bench/ && $(BIN)/python -m bench.table --write"

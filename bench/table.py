@@ -32,6 +32,7 @@ def rows(folder: Path) -> tuple[list[list[str]], list[dict]]:
     losses = json.loads((folder / "losses.json").read_text())
     step = json.loads((folder / "train_step.json").read_text())
     sweep = json.loads((folder / "sweep_parallel.json").read_text())
+    evaluation = json.loads((folder / "evaluation.json").read_text())
     (shape, entry), *_ = losses["shapes"].items()  # the first shape: the CPU one
     r, mem, sec = entry["ratios"], entry["memory_x_logits"], step["seconds"]
     lovasz_bound, pixiou_bound = TARGETS["lovasz_batch / sort"][2], \
@@ -69,8 +70,24 @@ def rows(folder: Path) -> tuple[list[list[str]], list[dict]]:
          f"≥ {SWEEP_TARGET:.0%} " + _verdict(sweep["efficiency"], SWEEP_TARGET, at_most=False)],
         ["same, counting only the time inside the trials' training",
          f"{sweep['run_efficiency']:.0%}", ""],
+        *_evaluation_rows(evaluation),
     ]
-    return table, [losses.get("measured"), step.get("measured"), sweep.get("measured")]
+    return table, [record_.get("measured") for record_ in (losses, step, sweep, evaluation)]
+
+
+def _evaluation_rows(evaluation: dict) -> list[list[str]]:
+    passes = evaluation["evaluation_seconds"]
+    (one, one_s), (batched, batched_s) = passes.items()
+    every_40 = evaluation["trial"]["every 40"]
+    return [
+        [f"`bench.evaluation`, {evaluation['dataset']}, {evaluation['threads']} thread: a training "
+         "iteration; an evaluation of the validation set at " + f"{one} / {batched}",
+         f"{evaluation['train_seconds_per_iteration'] * 1e3:.0f} ms; {one_s:.2f} / "
+         f"{batched_s:.2f} s ({evaluation['speedup']:.2f}x)", ""],
+        ["same: a 160-iteration trial's time spent evaluating, every 40 iterations, at "
+         f"{one} / {batched}", f"{every_40[one]['evaluation_share']:.0%} / "
+         f"{every_40[batched]['evaluation_share']:.0%}", ""],
+    ]
 
 
 def markdown(folder: Path) -> str:
@@ -78,7 +95,8 @@ def markdown(folder: Path) -> str:
     lines = ["| benchmark | result | target |", "|---|---|---|"]
     lines += ["| " + " | ".join(row) + " |" for row in table]
     lines.append("")
-    for name, m in zip(("losses", "train_step", "sweep_parallel"), measured, strict=True):
+    for name, m in zip(("losses", "train_step", "sweep_parallel", "evaluation"), measured,
+                       strict=True):
         lines.append(f"- `{name}`: " + (f"`{m['command']}` on {m['date']}, commit {m['commit']}, "
                                         f"{m['machine']}" if m else "when and how: not recorded"))
     return "\n".join(lines) + "\n"

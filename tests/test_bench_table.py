@@ -11,7 +11,7 @@ from tests.conftest import ROOT
 def test_the_documented_table_is_the_one_the_committed_records_give(monkeypatch):
     monkeypatch.chdir(ROOT)
     assert table.written_table() == table.markdown(record.COMMITTED)
-    for name in ("losses", "train_step", "sweep_parallel"):
+    for name in ("losses", "train_step", "sweep_parallel", "evaluation"):
         measured = json.loads((record.COMMITTED / f"{name}.json").read_text()).get("measured")
         assert measured and measured["command"].startswith(f"python -m bench.{name}"), name
         assert measured["date"] in table.written_table()

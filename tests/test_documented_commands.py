@@ -41,7 +41,7 @@ RUN_IN_COPY = [
     "dvc plots show",
     "python -m pipeline.sweep synthetic_voc --fetch",
     "dvc repro --single-item report",
-    "dvc exp run -S 'train.losses.ce_pixiou.terms.1.loss_weight=0.5'",
+    "dvc exp run -S 'train.losses.pixiou.terms.0.loss_weight=0.5'",
     "dvc exp show",
     "dvc remote add -d storage s3://my-bucket/pixiou/dvc",
     "dvc remote modify storage endpointurl https://s3.example.org",
@@ -134,9 +134,9 @@ def test_the_documented_commands_run_as_written(tmp_path):
     assert "sweep FINISHED" in said["make status"]
     assert "results fetched" in said["python -m pipeline.sweep synthetic_voc --fetch"]
     assert (repo / "dvc_plots" / "index.html").is_file()
-    # ce_pixiou is not in this study's sweep: the variant trains nothing
+    # pixiou is not in this study's sweep: the variant trains nothing
     assert "2 trials, 2 already done, 0 to run" in \
-        said["dvc exp run -S 'train.losses.ce_pixiou.terms.1.loss_weight=0.5'"]
+        said["dvc exp run -S 'train.losses.pixiou.terms.0.loss_weight=0.5'"]
     assert "url = s3://my-bucket/pixiou/dvc" in (repo / ".dvc" / "config").read_text()
 
     for command, port in SERVED.items():

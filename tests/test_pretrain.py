@@ -244,7 +244,8 @@ def test_the_report_chooses_each_seeds_lr_on_the_held_out_split_only():
                            {"IoU.a": val}, [], lr=lr, selection_mIoU=held_out)
 
     # The lr with the better validation mIoU loses on the held-out split: it is not chosen
-    losses = LossResults("ce", {"ce": 1.0}, [trial(0.01, 70.0, 50.0), trial(0.001, 60.0, 55.0)])
+    losses = LossResults("ce", "CE", [{"type": "CrossEntropyLoss"}],
+                         [trial(0.01, 70.0, 50.0), trial(0.001, 60.0, 55.0)])
     assert losses.values("mIoU") == {0: 60.0}
     assert losses.finished_per_class() == [{"IoU.a": 60.0}]  # the per-class table follows
 

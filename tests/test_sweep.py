@@ -40,7 +40,7 @@ def test_a_sweep_of_two_losses_fills_results_and_mlflow(tmp_path, tiny_data):
     assert "trial_driver_" not in done.stdout
     assert re.search(r"\| ce_seed0_\w{8} +\| TERMINATED .*\| ce +\| +0 \|", done.stdout)
     assert re.search(r"\| Trial name +\| status +\| loc +\| loss +\| +seed \| +iter \| +mIoU \| "
-                     r"+mPixIoU \|", done.stdout)
+                     r"+image-mIoU \| +mPixIoU \|", done.stdout)
     assert "sweep@synthetic_voc: 1/2 done, 1 running, 0 waiting" in done.stdout or \
         "sweep@synthetic_voc: 1/2 done, 0 running, 1 waiting" in done.stdout
     assert re.search(r"sweep@synthetic_voc: 1/2 done, .* elapsed, about \d+m?\d*s left",

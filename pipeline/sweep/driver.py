@@ -275,7 +275,12 @@ def _run_tuner(study: Study, pending: list[Trial], tracking: SweepTracking):
             param_space={"trial": tune.grid_search(grid)},
             tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, scheduler=scheduler,
                                         trial_name_creator=_trial_name,
-                                        trial_dirname_creator=_trial_name),
+                                        trial_dirname_creator=_trial_name,
+                                        # a trial that trains in its own process hands that
+                                        # process, torch and mmseg imported, to the next one
+                                        # (each run isolates mmengine's global state)
+                                        reuse_actors=trains_in_trial(study.sweep.workers,
+                                                                     study.sweep.use_gpu)),
             run_config=tune.RunConfig(
                 name=f"{study.dataset}-{time.strftime('%Y%m%d-%H%M%S')}",
                 storage_path=study.storage.path("_ray_tune"),

@@ -101,6 +101,7 @@ def test_the_ui_serves_the_study_runs_over_its_rest_api(ui, study, covered):
             metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
             assert metrics["final.mIoU"] == pytest.approx(trial["mIoU"])
             assert metrics["final.mPixIoU"] == pytest.approx(trial["mPixIoU"])
+            assert metrics["final.image-mIoU"] == pytest.approx(trial["image-mIoU"])
     seed_one = get(f"{api}/runs/search", {"experiment_ids": [experiment["experiment_id"]],
                                           "filter": "params.seed = '1'"})["runs"]
     assert sorted(r["info"]["run_name"] for r in seed_one) == \
