@@ -95,3 +95,14 @@ def test_a_target_naming_no_class_of_the_dataset_is_an_error(tmp_path):
     with pytest.raises(ParamsError, match="targets names 'pedestrian', not a class of voc-aug"):
         run("synthetic_voc", tmp_path / "params.yaml")
     assert not (tmp_path / "data" / "synthetic_voc").exists()
+
+
+def test_the_statistics_command_reads_any_built_dataset(tiny_data, tmp_path, capsys):
+    from pipeline.data.stats import main
+
+    assert main([str(tiny_data / "synthetic_voc")]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    manifest = json.loads((tiny_data / "synthetic_voc" / "manifest.json").read_text())
+    assert printed == manifest["statistics"]
+    assert main([str(tmp_path)]) == 2
+    assert "manifest.json: missing" in capsys.readouterr().err

@@ -91,3 +91,17 @@ class CityscapesLayout(Layout):
 
 VOC_AUG = VOCAugLayout()
 CITYSCAPES = CityscapesLayout()
+LAYOUTS = {layout.name: layout for layout in (VOC_AUG, CITYSCAPES)}
+
+
+def layout_of(root: Path) -> Layout:
+    """The layout a built dataset's manifest.json names."""
+    import json
+
+    manifest = root / "manifest.json"
+    if not manifest.is_file():
+        raise ValueError(f"{manifest}: missing (build the dataset first: dvc repro data@<key>)")
+    name = json.loads(manifest.read_text()).get("layout")
+    if name not in LAYOUTS:
+        raise ValueError(f"{manifest}: unknown layout {name!r} (known: {', '.join(LAYOUTS)})")
+    return LAYOUTS[name]

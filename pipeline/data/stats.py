@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..params import ParamsError
-from .layouts import IGNORE_INDEX, Layout
+from .layouts import IGNORE_INDEX, Layout, layout_of
 
 QUANTILES = (0.1, 0.5, 0.9)
 _EIGHT = np.ones((3, 3), dtype=bool)
@@ -157,8 +157,6 @@ def describe(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .validate import layout_of
-
     parser = argparse.ArgumentParser(prog="python -m pipeline.data.stats",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("root", type=Path, help="a dataset folder (e.g. data/voc)")

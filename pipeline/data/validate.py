@@ -16,10 +16,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .layouts import CITYSCAPES, IGNORE_INDEX, VOC_AUG, Layout
+from .layouts import IGNORE_INDEX, Layout
 from .stats import LabelStatistics
-
-LAYOUTS = {layout.name: layout for layout in (VOC_AUG, CITYSCAPES)}
 
 
 class DatasetError(ValueError):
@@ -30,17 +28,6 @@ def manifest_hash(root: Path) -> str | None:
     """The content hash in `root`'s manifest.json (the data stage's), None without one."""
     manifest = root / "manifest.json"
     return json.loads(manifest.read_text())["content_sha256"] if manifest.is_file() else None
-
-
-def layout_of(root: Path) -> Layout:
-    """The layout a built dataset's manifest names."""
-    manifest = root / "manifest.json"
-    if not manifest.is_file():
-        raise ValueError(f"{manifest}: missing (build the dataset first: dvc repro data@<key>)")
-    name = json.loads(manifest.read_text()).get("layout")
-    if name not in LAYOUTS:
-        raise ValueError(f"{manifest}: unknown layout {name!r} (known: {', '.join(LAYOUTS)})")
-    return LAYOUTS[name]
 
 
 def _read(path: Path, root: Path, content) -> Image.Image:
