@@ -65,7 +65,7 @@ def test_a_deterministic_run_leaves_only_warnings_armed(tmp_path, tiny_data, tor
     """A real run with train.deterministic: deterministic algorithms on, in warn-only mode, so
     an op with no deterministic kernel (on CUDA: DeepLabV3+'s backward) cannot fail it."""
     torch.use_deterministic_algorithms(False)
-    run(RunSpec(config=TINY_VOC, loss="ce", terms={"ce": 1.0}, seed=0,
+    run(RunSpec(config=TINY_VOC, loss="ce", terms=[{"type": "CrossEntropyLoss"}], seed=0,
                 work_dir=str(tmp_path / "run"), data_root=str(tiny_data), iterations=2,
                 val_interval=2, overlays=0, threads=1, deterministic=True))
     assert torch.are_deterministic_algorithms_enabled()

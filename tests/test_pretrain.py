@@ -67,14 +67,16 @@ def test_a_finetuning_run_starts_from_exactly_the_pretrained_weights(pretrained)
     tmp, _, summary = pretrained
     model = tmp / "models/pretrain/synthetic_voc/model.pth"
     config = ROOT / "mmseg_configs/fcn_r18-tiny-d8_1xb4-160_synthetic-voc-128x128.py"
-    spec = RunSpec(config=str(config), loss="lovasz", terms={"lovasz": 1.0}, seed=3,
+    spec = RunSpec(config=str(config), loss="lovasz", terms=[{"type": "LovaszSoftmaxLoss"}],
+                   seed=3,
                    work_dir=str(tmp / "finetune"), data_root=yaml.safe_load(
                        (tmp / "params.yaml").read_text())["data"]["root"],
                    iterations=2, val_interval=2, overlays=1, init_checkpoint=str(model))
     history = run(spec)["history"]
     # Evaluated before its first step, on the same validation set: the pretrain's final numbers
     assert history[0]["iteration"] == 0
-    assert (history[0]["mIoU"], history[0]["mPixIoU"]) == (summary["mIoU"], summary["mPixIoU"])
+    for measure in ("mIoU", "image-mIoU", "mPixIoU"):
+        assert history[0][measure] == summary[measure], measure
     assert history[-1]["iteration"] == 2  # then it trains
 
 
@@ -219,8 +221,9 @@ def test_the_lr_search_split_never_overlaps_the_validation_set(tiny_data):
 
     init_default_scope("mmseg")
     config = ROOT / "mmseg_configs/fcn_r18-tiny-d8_1xb4-160_synthetic-voc-128x128.py"
-    cfg = build_config(RunSpec(config=str(config), loss="ce", terms={"ce": 1.0}, seed=0,
-                               work_dir="unused", data_root=str(tiny_data), holdout=4))
+    cfg = build_config(RunSpec(config=str(config), loss="ce",
+                               terms=[{"type": "CrossEntropyLoss"}], seed=0, work_dir="unused",
+                               data_root=str(tiny_data), holdout=4))
 
     def images(loader):
         dataset = DATASETS.build(loader.dataset)

@@ -77,8 +77,11 @@ def test_a_sweep_of_two_losses_fills_results_and_mlflow(tmp_path, tiny_data):
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
         assert {"config.py", "confusion_matrix.png", "overlays"} <= artifacts
         # what the UI shows: a description, and the dataset with its digest
-        assert child.data.tags["mlflow.note.content"].startswith(
-            f"Loss {trial['loss']} ({trial['loss']}), seed 0, lr 0.01, 4 iterations of ")
+        name = STUDY_LOSSES[trial["loss"]]["name"]
+        assert child.data.params["loss_name"] == name
+        note = child.data.tags["mlflow.note.content"]
+        assert note.startswith(f"Loss {name} ({trial['loss']}: [{{")  # its mmseg loss configs
+        assert "}]), seed 0, lr 0.01, 4 iterations of " in note
         (used,) = child.inputs.dataset_inputs
         assert used.dataset.name == "synthetic_voc"
         assert used.dataset.digest == results["data_hash"][:16]
@@ -229,7 +232,7 @@ def test_a_learning_rate_search_runs_under_asha(tmp_path, tiny_data):
 
 
 @pytest.mark.parametrize("sections,message", [
-    (dict(sweep=dict(losses=["ce", "dice"])), "sweep.losses[1]: unknown loss 'dice'"),
+    (dict(sweep=dict(losses=["ce", "focal"])), "sweep.losses[1]: unknown loss 'focal'"),
     (dict(sweep=dict(seeds=[0, -1])), "sweep.seeds[1] must be >= 0"),
     (dict(sweep=dict(gpus_per_trial=64)), "sweep.gpus_per_trial"),
     (dict(sweep=dict(cpu_workers_per_trial=512)), "sweep.cpu_workers_per_trial"),
@@ -277,8 +280,10 @@ def test_the_study_changes_only_the_trials_it_touches(tmp_path, tiny_data):
     base = study_params(tmp_path, tiny_data, sweep=dict(losses=["ce", "ce_pixiou"]))
     keys = {t.spec.loss: t.key for t in plan_trials(load_study("synthetic_voc", base))}
     changed = study_params(tmp_path, tiny_data, sweep=dict(losses=["ce", "ce_pixiou"]),
-                           train=dict(losses={"ce": {"ce": 1.0},
-                                              "ce_pixiou": {"ce": 1.0, "pixiou": 0.5}}))
+                           train=dict(losses={**STUDY_LOSSES, "ce_pixiou": {
+                               "name": "CE + Lovász-PixIoU", "terms": [
+                                   {"type": "CrossEntropyLoss", "loss_weight": 1.0},
+                                   {"type": "LovaszPixIoULoss", "loss_weight": 0.5}]}}))
     again = {t.spec.loss: t.key for t in plan_trials(load_study("synthetic_voc", changed))}
     assert again["ce"] == keys["ce"] and again["ce_pixiou"] != keys["ce_pixiou"]
 

@@ -45,7 +45,7 @@ BAD_PARAMS = [
     ("unknown key (report)", _set("report.confidense", 0.9), "unknown key 'report.confidense'"),
     ("wrong type", _set("sweep.seeds", "0,1"), "sweep.seeds: expected a list"),
     ("wrong type (number)", _set("train.iterations", "many"), "train.iterations"),
-    ("unknown loss", _set("sweep.losses", ["ce", "dice"]), "unknown loss 'dice'"),
+    ("unknown loss", _set("sweep.losses", ["ce", "focal"]), "unknown loss 'focal'"),
     ("unknown dataset", _set("study.datasets", ["synthetic_voc", "imagenet"]), "imagenet"),
     ("missing section", _delete("sweep"), "sweep"),
     ("pretrain iterations", _set("pretrain.iterations", 0), "pretrain.iterations must be >= 1"),
