@@ -15,6 +15,8 @@ DeepLab with Lovász-Softmax; their code's README advises CE first, then Lovász
 It writes, as one DVC-cached output:
 
     models/pretrain/<dataset>/model.pth      the weights (mmengine's {'state_dict', 'meta'})
+    models/pretrain/<dataset>/early.pth      the weights at `pretrain.early_iteration`, an
+                                             under-trained start for the convergence arm
     models/pretrain/<dataset>/summary.json   their sha256, mIoU, mPixIoU, history and source
 
 With `study.protocol: scratch` the stage writes only a summary that says so, and trains nothing.
@@ -35,6 +37,7 @@ from .params import ParamsError, load_params, lookup, parse_section
 
 PROTOCOLS = ("finetune", "scratch")
 MODEL = "model.pth"
+EARLY = "early.pth"
 SUMMARY = "summary.json"
 PRETRAIN_KEY = "pixiou.pretrain_key"  # the MLflow tag that finds the stage's run again
 #: The pre-training's loss: plain cross-entropy, as the model zoo's CE checkpoints were trained.
@@ -71,6 +74,9 @@ class PretrainParams:
     val_interval: int = 500
     seed: int = 0
     lr: float | None = None  # null: the config's
+    # the weights at this iteration (a multiple of val_interval) are kept as early.pth, where
+    # the convergence arm (sweep.convergence) starts; null keeps none
+    early_iteration: int | None = 500
     output: str = "models/pretrain"
     work_dir: str = "work_dirs/pretrain"
     published: dict[str, PublishedCheckpoint] = field(default_factory=dict)
@@ -87,26 +93,37 @@ class PretrainParams:
             raise ParamsError(f"params.yaml: {where}.seed must be >= 0, got {self.seed}")
         if self.lr is not None and not self.lr > 0:
             raise ParamsError(f"params.yaml: {where}.lr must be > 0 or null, got {self.lr}")
+        early = self.early_iteration
+        if early is not None and not (0 < early < self.iterations
+                                      and early % self.val_interval == 0):
+            raise ParamsError(f"params.yaml: {where}.early_iteration must be a multiple of "
+                              f"{where}.val_interval ({self.val_interval}) below "
+                              f"{where}.iterations ({self.iterations}), or null; got {early}")
 
 
 @dataclass(frozen=True)
 class StartingPoint:
     """Where a sweep's trials start: their protocol and, fine-tuning, the checkpoint."""
 
-    protocol: str
+    protocol: str  # finetune, scratch, or early (the pre-training's early weights)
     sha256: str | None = None
     mIoU: float | None = None
     source: str | None = None  # 'trained' (this stage) or 'published' (a model zoo)
-    path: str | None = None  # model.pth on this machine
+    path: str | None = None  # model.pth (early.pth) on this machine
+    iteration: int | None = None  # early: the pre-training's iteration
 
     def identity(self) -> dict:
         """What a trial's key depends on (not where the file lies)."""
-        return {"protocol": self.protocol, "sha256": self.sha256, "mIoU": self.mIoU}
+        identity = {"protocol": self.protocol, "sha256": self.sha256, "mIoU": self.mIoU}
+        return identity | ({"iteration": self.iteration} if self.iteration else {})
 
     def describe(self) -> str:
         """For captions and run descriptions."""
         if self.protocol == "scratch":
             return "trained from scratch"
+        if self.protocol == "early":
+            return (f"trained from the CE pre-training's weights at iteration {self.iteration} "
+                    f"({self.sha256[:12]}, mIoU {self.mIoU:.2f})")
         return (f"fine-tuned from the CE checkpoint {self.sha256[:12]} ({self.source}, "
                 f"mIoU {self.mIoU:.2f})")
 
@@ -142,6 +159,22 @@ def starting_point(dataset: str, params: dict, folder: Path | None = None) -> St
                               f"`dvc push` bring it from the DVC remote)")
     return StartingPoint("finetune", summary["sha256"], summary["mIoU"], summary["source"],
                          str((folder / MODEL).resolve()))
+
+
+def early_point(dataset: str, folder: Path) -> StartingPoint:
+    """The pre-training's early weights in the pretrain stage's output `folder`."""
+    summary = json.loads((folder / SUMMARY).read_text()) if (folder / SUMMARY).is_file() \
+        else {}
+    early = summary.get("early")
+    if not early or not (folder / EARLY).is_file():
+        why = ("its checkpoint is a published one" if summary.get("source") == "published"
+               else "pretrain.early_iteration was null, or the stage has not run")
+        raise ParamsError(f"sweep.convergence.start is early, but {folder} has no early "
+                          f"checkpoint ({why}). Run `dvc repro pretrain@{dataset}` with "
+                          f"pretrain.early_iteration set, or set sweep.convergence.start: "
+                          f"scratch, or sweep.convergence.losses: [] to leave the arm out")
+    return StartingPoint("early", early["sha256"], early["mIoU"], "trained",
+                         str((folder / EARLY).resolve()), early["iteration"])
 
 
 def sha256_of(path: Path) -> str:
@@ -182,9 +215,8 @@ def fetch_published(dataset: str, published: PublishedCheckpoint, downloads: Pat
 
 def train_checkpoint(dataset: str, params: dict, pretrain: PretrainParams,
                      staging: Path) -> dict:
-    """Train the dataset's config with CE into `staging/model.pth`; its MLflow run on the way."""
-    import torch
-
+    """Train the dataset's config with CE into `staging/model.pth` (and the early weights into
+    `staging/early.pth`); its MLflow run on the way."""
     from .data.validate import manifest_hash
     from .tracking import NOTE, Tracker, TrackingParams
     from .train import (
@@ -207,7 +239,7 @@ def train_checkpoint(dataset: str, params: dict, pretrain: PretrainParams,
                    iterations=pretrain.iterations, val_interval=pretrain.val_interval,
                    deterministic=train.deterministic, overlays=train.overlays)
     identity = {**spec.to_dict(), "work_dir": None, "data": data_hash,
-                "code": code_fingerprint()}
+                "code": code_fingerprint(), "early_iteration": pretrain.early_iteration}
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     work_dir = Path(pretrain.work_dir) / dataset / key[:16]
     spec = RunSpec(**{**spec.to_dict(), "work_dir": str(work_dir)})
@@ -225,27 +257,46 @@ def train_checkpoint(dataset: str, params: dict, pretrain: PretrainParams,
                                      f"{spec.iterations} iterations: the model every "
                                      f"fine-tuning trial of the study starts from."})
 
+    early = work_dir / EARLY
+
     class TrackedRun(Reporter):
         def evaluation(self, record: dict, checkpoint: Path | None) -> None:
+            if record["iteration"] == pretrain.early_iteration and checkpoint is not None:
+                save_weights(checkpoint, early, dataset, Path(spec.config).stem, record)
             tracker.log_evaluations(run_id, [record])
             print(f"[pretrain] {dataset} iter {record['iteration']}: "
                   + " ".join(f"{m} {record[m]:.2f}" for m in METRICS), flush=True)
 
     summary = run(spec, TrackedRun())
-    # our own checkpoint, from our own work dir: mmengine's resume state needs full unpickling
-    state = torch.load(last_checkpoint(work_dir), map_location="cpu", weights_only=False)
-    # Weights only (no optimizer): what a fine-tuning run loads, and a quarter of the bytes.
-    torch.save({"state_dict": state["state_dict"],
-                "meta": {"dataset": dataset, "config": Path(spec.config).stem,
-                         "iterations": summary["iterations"], "mIoU": summary["mIoU"]}},
-               staging / MODEL)
+    save_weights(last_checkpoint(work_dir), staging / MODEL, dataset, Path(spec.config).stem,
+                 summary)
+    early_point = None
+    if pretrain.early_iteration is not None:
+        shutil.copyfile(early, staging / EARLY)
+        at = next(r for r in summary["history"] if r["iteration"] == pretrain.early_iteration)
+        early_point = {"iteration": pretrain.early_iteration, "sha256": sha256_of(early),
+                       "mIoU": at["mIoU"]}
     tracker.finish_trial(run_id, summary, work_dir)
     # How this run went (resumed or not, how long) is the MLflow run's; the stage's output holds
     # only what the model is, so the same params and data give the same bytes (and DVC hash).
     tracker.set_tags(run_id, {"resumed_from": summary["resumed_from"]})
     return {"source": "trained", "key": key, "data_hash": data_hash,
             **{k: summary[k] for k in (*METRICS, "per_class", "iterations", "history")},
-            "config": Path(spec.config).stem, "seed": spec.seed}
+            "config": Path(spec.config).stem, "seed": spec.seed, "early": early_point}
+
+
+def save_weights(checkpoint: Path, target: Path, dataset: str, config: str,
+                 reached: dict) -> None:
+    """The weights of an mmengine checkpoint of our own work dir, without the optimizer (what
+    a fine-tuning run loads, a quarter of the bytes). Our own file: mmengine's resume state
+    needs full unpickling."""
+    import torch
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    torch.save({"state_dict": state["state_dict"],
+                "meta": {"dataset": dataset, "config": config,
+                         "iterations": reached["iteration"] if "iteration" in reached
+                         else reached["iterations"], "mIoU": reached["mIoU"]}}, target)
 
 
 # --- the stage -----------------------------------------------------------------------------------

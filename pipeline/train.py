@@ -30,6 +30,7 @@ from urllib.parse import urlparse
 from .determinism import determinism
 from .measures import METRICS, PER_CLASS
 from .params import ParamsError, load_params, lookup, parse_section
+from .schedules import SCHEDULES, constant_lr, evaluate_subset
 from .study_losses import StudyLoss, check_registered, scaled_terms
 
 SUMMARY = "summary.json"
@@ -43,7 +44,8 @@ DEFAULT_AUX_WEIGHT = 0.4
 #: key (a sweep trial's, the pre-training's) hashes their content.
 TRAINING_CODE = ("pipeline/train.py", "pipeline/artifacts.py", "pipeline/metrics.py",
                  "pipeline/measures.py", "pipeline/study_losses.py", "pipeline/determinism.py",
-                 "pipeline/splits.py", "pipeline/losses", "mmseg_configs")
+                 "pipeline/splits.py", "pipeline/schedules.py", "pipeline/losses",
+                 "mmseg_configs")
 
 
 @dataclass
@@ -59,13 +61,23 @@ class TrainParams:
     val_interval: int | None = None
     batch_size: int | None = None
     lr: float | None = None
+    # constant: the lr after a warmup of `warmup` iterations, to the end (fine-tuning, so the
+    # plateau test can see whether a curve has settled); config: the config's own schedule
+    schedule: str = "config"
+    warmup: int = 10
+    val_subset: int | None = None  # evaluations while training score this many val images
     deterministic: bool = True
     overlays: int = 4
 
     def validate(self, where: str) -> None:
         if not self.losses:
             raise ParamsError(f"params.yaml: {where}.losses is empty")
-        for key in ("iterations", "val_interval", "batch_size", "lr"):
+        if self.schedule not in SCHEDULES:
+            raise ParamsError(f"params.yaml: {where}.schedule must be one of "
+                              f"{', '.join(SCHEDULES)}, got '{self.schedule}'")
+        if self.warmup < 0:
+            raise ParamsError(f"params.yaml: {where}.warmup must be >= 0, got {self.warmup}")
+        for key in ("iterations", "val_interval", "batch_size", "lr", "val_subset"):
             value = getattr(self, key)
             if value is not None and not value > 0:
                 raise ParamsError(f"params.yaml: {where}.{key} must be > 0 or null, got {value}")
@@ -121,6 +133,9 @@ class RunSpec:
     # while training (what ASHA and the lr choice read); score the validation set at the end.
     holdout: int = 0
     custom_imports: tuple[str, ...] = ()  # modules that register the terms' types
+    schedule: str = "config"  # pipeline.schedules.SCHEDULES
+    warmup: int = 0  # iterations of the constant schedule's warmup
+    val_subset: int | None = None  # evaluations while training score this many val images
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -200,7 +215,8 @@ def build_config(spec: RunSpec, world_size: int = 1, on_gpu: bool = False,
     from mmengine.config import Config
     from mmengine.utils import import_modules_from_strings
 
-    cfg = Config.fromfile(spec.config)
+    # Not formatted with yapf: mmengine formats the text for every log and dump, 1.5 s a run
+    cfg = Config.fromfile(spec.config, format_python_code=False)
     if spec.custom_imports:  # registers the user's losses in this process (each DDP worker)
         import_modules_from_strings(list(spec.custom_imports))
         cfg.custom_imports = dict(cfg.get("custom_imports") or dict(imports=[]))
@@ -213,6 +229,8 @@ def build_config(spec: RunSpec, world_size: int = 1, on_gpu: bool = False,
         cfg.env_cfg.cudnn_benchmark = False  # mmseg's runtime turns benchmarking on
     if spec.iterations is not None or spec.val_interval is not None:
         set_iterations(cfg, spec.iterations or cfg.train_cfg.max_iters, spec.val_interval)
+    if spec.schedule == "constant":
+        constant_lr(cfg, min(spec.warmup, cfg.train_cfg.max_iters))
     if spec.lr is not None:
         optimizer = cfg.optim_wrapper.optimizer
         scale = spec.lr / optimizer.lr
@@ -229,6 +247,8 @@ def build_config(spec: RunSpec, world_size: int = 1, on_gpu: bool = False,
                 dataset["data_root"] = _reroot(dataset["data_root"], spec.data_root)
     if spec.holdout:
         hold_out(cfg, spec.holdout)
+    elif spec.val_subset:
+        evaluate_subset(cfg, spec.val_subset)
     cfg.work_dir = spec.work_dir
     cfg.default_hooks.checkpoint.max_keep_ckpts = 1  # a node's disk holds one per run
     cfg.resume = True  # from the work dir's last checkpoint, when there is one
@@ -565,7 +585,9 @@ def run(spec: RunSpec, reporter: Reporter | None = None) -> dict:
             # evaluation, and the artifacts drawn from it, happen now.
             runner.val_loop.run()
         final = hook.history[-1]
-        if spec.holdout:  # the history scored the held-out split; now the validation set
+        if spec.holdout or spec.val_subset:
+            # the history scored the held-out split or a part of the validation set; the
+            # result is the whole validation set's
             runner.test()
             final = hook.test_record
         summary = {

@@ -28,12 +28,13 @@ def study_params(tmp_path: Path, data_root: Path, **sections) -> Path:
     # (and find the tiny pre-training's model under tmp_path).
     params["study"]["protocol"] = "scratch"
     params["data"]["root"] = str(data_root)
-    params["pretrain"].update(iterations=4, val_interval=2,
+    params["pretrain"].update(iterations=4, val_interval=2, early_iteration=2,
                               output=str(tmp_path / "models" / "pretrain"),
                               work_dir=str(tmp_path / "work_dirs" / "pretrain"))
     params["train"].update(iterations=4, val_interval=2, overlays=2, lr=None)  # the config's
     params["sweep"].update(losses=["ce", "pixiou"], seeds=[0],
-                           storage=str(tmp_path / "sweeps"))
+                           storage=str(tmp_path / "sweeps"),
+                           convergence={"losses": [], "iterations": 4, "val_interval": 2})
     params["tracking"].update(uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
                               artifacts=str(tmp_path / "mlartifacts"))
     for section, values in sections.items():
@@ -45,13 +46,15 @@ def study_params(tmp_path: Path, data_root: Path, **sections) -> Path:
 
 def tiny_study(params: dict) -> None:
     """A project copy's params.yaml cut to seconds: the tiny synthetic_voc, a 4-iteration
-    pre-training, CE and Lovász-Softmax fine-tuned 4 iterations, seed 0, the one claim they
+    pre-training, CE and Lovász-Softmax fine-tuned 4 iterations and, in the convergence arm,
+    trained 4 iterations from the pre-training's iteration 2; seed 0, the one claim they
     test."""
     params["study"]["datasets"] = ["synthetic_voc"]
     params["datasets"]["synthetic_voc"].update(TINY_DATA)
-    params["pretrain"].update(iterations=4, val_interval=2)
+    params["pretrain"].update(iterations=4, val_interval=2, early_iteration=2)
     params["train"].update(iterations=4, val_interval=2, overlays=1)
     params["sweep"].update(losses=["ce", "lovasz"], seeds=[0])
+    params["sweep"]["convergence"].update(losses=["ce", "lovasz"], iterations=4, val_interval=2)
     params["report"]["claims"] = [{"better": "lovasz", "worse": "ce", "metric": "mIoU",
                                    "source": "Berman et al. 2018"}]
 

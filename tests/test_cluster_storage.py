@@ -218,7 +218,8 @@ def _tree_digest(folder: Path) -> dict[str, str]:
 def _tiny_study(params: dict) -> None:
     params["study"]["datasets"] = ["synthetic_voc"]
     params["datasets"]["synthetic_voc"].update(TINY_DATA)
-    params["pretrain"].update(iterations=4, val_interval=2)
+    params["pretrain"].update(iterations=4, val_interval=2, early_iteration=2)
+    params["sweep"]["convergence"]["losses"] = []
 
 
 def test_a_dvc_remote_on_s3_brings_the_dataset_to_a_clone_and_to_every_node(tmp_path, stack,
@@ -294,7 +295,7 @@ def test_ray_job_submit_keeps_its_results_in_the_storage_and_mlflow(tmp_path, ti
         params["study"]["protocol"] = "scratch"
         params["train"].update(iterations=4, val_interval=2)
         params["sweep"].update(losses=["ce"], seeds=[0], storage="s3://study/job",
-                               data={"path": str(tiny_data)})
+                               data={"path": str(tiny_data)}, convergence={"losses": []})
     project = project_copy(tmp_path / "project", edit)
     gcs, dashboard = free_port(), free_port()
     env = {**stack["env"], "RAY_ADDRESS": ""}

@@ -36,10 +36,27 @@ from ..measures import IMAGE_MIOU, MIOU, MPIXIOU, PER_CLASS
 from ..params import ParamsError, load_params, lookup, parse_section
 from ..study_losses import StudyLoss
 from . import figures
-from .compare import ClaimParams, LossRow, check_claim, correct_for_family, loss_rows
+from .compare import (
+    ClaimParams,
+    LossRow,
+    PlateauParams,
+    check_claim,
+    correct_for_family,
+    loss_rows,
+)
+from .convergence import ConvergenceReportParams, band_csv, convergence_rows, convergence_table
 from .gradients import COLUMNS, gradient_study, summary_rows
 from .published import PublishedError, find, load_published
-from .results import FINISHED, METRICS, MISSING, DatasetResults, ResultsError, load_results
+from .results import (
+    CONVERGENCE,
+    FINISHED,
+    METRICS,
+    MIOU_AUC,
+    MISSING,
+    DatasetResults,
+    ResultsError,
+    load_results,
+)
 from .tables import (
     claims_table,
     data_table,
@@ -60,7 +77,8 @@ def _default_claims() -> list[ClaimParams]:
             ClaimParams("lovasz_img", "lovasz", IMAGE_MIOU, "Berman et al. 2018"),
             ClaimParams("lovasz", "lovasz_img", MIOU, "Berman et al. 2018"),
             ClaimParams("pixiou", "lovasz", MIOU, PIXIOU_SOURCE),
-            ClaimParams("pixiou", "lovasz", MPIXIOU, PIXIOU_SOURCE)]
+            ClaimParams("pixiou", "lovasz", MPIXIOU, PIXIOU_SOURCE),
+            ClaimParams("pixiou", "lovasz", MIOU_AUC, "Yu et al. 2021", CONVERGENCE)]
 
 
 @dataclass
@@ -70,6 +88,8 @@ class ReportParams:
     baselines: list[str] = field(default_factory=lambda: ["ce", "lovasz"])
     claims: list[ClaimParams] = field(default_factory=_default_claims)
     confidence: float = 0.95
+    plateau: PlateauParams = field(default_factory=PlateauParams)
+    convergence: ConvergenceReportParams = field(default_factory=ConvergenceReportParams)
     published: str = "reports/published.yaml"
     results_dir: str = "results"
     output: str = "reports"
@@ -88,46 +108,59 @@ class Report:
     metrics: dict  # the content of metrics.json
     studies: list[tuple[DatasetResults, list[LossRow]]]
     gradient_points: list[dict]
+    thresholds: list[float | None] = field(default_factory=list)  # convergence, per study
 
 
 def load_report_params(params: dict) -> tuple[ReportParams, list[str], list[str], list[int],
-                                              dict[str, StudyLoss]]:
+                                              dict[str, StudyLoss], list[str]]:
     report = parse_section(ReportParams, params.get("report", {}), "report")
     datasets = lookup(params, "study.datasets")
     losses, seeds = lookup(params, "sweep.losses"), lookup(params, "sweep.seeds")
+    convergence = (lookup(params, "sweep").get("convergence") or {}).get("losses") or []
     raw = lookup(params, "train.losses")
     if not isinstance(raw, dict):
         raise ParamsError(f"params.yaml: train.losses must be a mapping, got {raw!r}")
     known = {key: parse_section(StudyLoss, value, f"train.losses.{key}")
              for key, value in raw.items()}
     for where, key in [*((f"report.baselines[{i}]", b) for i, b in enumerate(report.baselines)),
+                       ("report.convergence.reference", report.convergence.reference),
                        *((f"report.claims[{i}].{side}", getattr(c, side))
                          for i, c in enumerate(report.claims) for side in ("better", "worse"))]:
         if key not in known:
             raise ParamsError(f"params.yaml: {where} is '{key}', not a key of train.losses "
                               f"({', '.join(known)})")
-    return report, datasets, losses, seeds, known
+    return report, datasets, losses, seeds, known, convergence
 
 
 def build(params_file: Path | str = "params.yaml") -> tuple[ReportParams, Report]:
     params = load_params(params_file)
-    report, datasets, planned_losses, planned_seeds, known = load_report_params(params)
+    report, datasets, planned_losses, planned_seeds, known, planned_convergence = \
+        load_report_params(params)
     published = load_published(Path(report.published))
-    studies, md, tex, claims = [], [], [], []
+    studies, md, tex, claims, thresholds = [], [], [], [], []
     for dataset in datasets:
         results = load_results(Path(report.results_dir) / f"{dataset}.json", dataset,
-                               planned_losses, planned_seeds, known)
-        rows = loss_rows(results, report.baselines, report.confidence)
+                               planned_losses, planned_seeds, known, planned_convergence)
+        rows = loss_rows(results, report.baselines, report.confidence, report.plateau)
         iterations = {t.iterations for t in results.trials if t.status == FINISHED}
         matches = {row.loss: find(published, dataset, results.config,
                                   next(iter(iterations)) if len(iterations) == 1 else None,
                                   row.terms, "mIoU") for row in rows}
         tables = [dataset_table(results, rows, report.baselines, matches, report.confidence),
                   *(per_class_table(results, rows, PER_CLASS[m]) for m in METRICS)]
+        if results.convergence:
+            threshold, arm_rows = convergence_rows(results, report.convergence,
+                                                   report.confidence)
+            tables.append(convergence_table(results, arm_rows, threshold, report.convergence,
+                                            report.confidence))
+            thresholds.append(threshold)
+        else:
+            thresholds.append(None)
         tables += [t for t in (data_table(results),) if t is not None]
         md += [markdown(t) for t in tables]
         tex += [latex(t) for t in tables]
-        claims += [check_claim(c, results, report.confidence) for c in report.claims]
+        claims += [check_claim(c, results, report.confidence, report.plateau)
+                   for c in report.claims]
         studies.append((results, rows))
     claims = correct_for_family(claims)
     points = gradient_study()
@@ -135,7 +168,8 @@ def build(params_file: Path | str = "params.yaml") -> tuple[ReportParams, Report
     metrics = _metrics(studies, claims)
     texts = {
         "tables.md": _markdown_document([markdown(t) for t in front[:1]] + md +
-                                        [markdown(front[1]), _figure_links(studies)]),
+                                        [markdown(front[1]),
+                                         _figure_links(studies, _has_arm(studies))]),
         "tables.tex": "% Generated by `dvc repro report` (pipeline/report). Needs booktabs.\n\n"
                       + "\n".join([latex(front[0]), *tex, latex(front[1])]),
         "results.csv": _results_csv(studies),
@@ -145,10 +179,17 @@ def build(params_file: Path | str = "params.yaml") -> tuple[ReportParams, Report
         for row in rows:
             texts[f"plots/validation/{results.dataset}_{row.loss}.csv"] = _curve_csv(
                 results.loss(row.loss))
+        for losses in results.convergence:
+            texts[f"plots/convergence/{results.dataset}_{losses.loss}.csv"] = band_csv(
+                losses, report.confidence)
     for case in sorted({p["case"] for p in points}):
         texts[f"plots/gradient_study/{case.replace(' ', '_')}.csv"] = _gradient_csv(
             [p for p in points if p["case"] == case])
-    return report, Report(texts, metrics, studies, points)
+    return report, Report(texts, metrics, studies, points, thresholds)
+
+
+def _has_arm(studies) -> bool:
+    return any(results.convergence for results, _ in studies)
 
 
 def _markdown_document(parts: list[str]) -> str:
@@ -158,9 +199,11 @@ def _markdown_document(parts: list[str]) -> str:
     return head + "\n".join(parts)
 
 
-def _figure_links(studies) -> str:
+def _figure_links(studies, convergence: bool) -> str:
     lines = ["### Figures", "", "![mIoU per seed](figures/miou_per_seed.png)", "",
              "![Validation curves](figures/validation_curves.png)", ""]
+    if convergence:
+        lines += ["![Convergence arm](figures/convergence_curves.png)", ""]
     lines += [f"![IoU per class, {r.dataset}](figures/per_class_{r.dataset}.png)\n"
               for r, _ in studies]
     lines.append("![Gradient study](figures/gradient_study.png)")
@@ -178,14 +221,15 @@ def _csv(header: list[str], rows: list[list]) -> str:
 def _results_csv(studies) -> str:
     rows = []
     for results, loss_rows_ in studies:
-        labels = {row.loss: row.label for row in loss_rows_}
-        for t in results.trials:
-            rows.append([results.dataset, t.loss, labels[t.loss], t.seed,
+        labels = {**{lr.loss: lr.name for lr in results.convergence},
+                  **{row.loss: row.label for row in loss_rows_}}
+        for t in [*results.trials, *(t for lr in results.convergence for t in lr.trials)]:
+            rows.append([results.dataset, t.arm, t.loss, labels.get(t.loss, t.loss), t.seed,
                          "" if t.lr is None else t.lr, t.status, t.iterations or "",
                          *(t.metrics.get(m, "") for m in METRICS),
                          "" if t.wall_time_s is None else t.wall_time_s,
                          t.mlflow_run_id or "", t.error_line])
-    return _csv(["dataset", "loss", "label", "seed", "lr", "status", "iterations", *METRICS,
+    return _csv(["dataset", "arm", "loss", "label", "seed", "lr", "status", "iterations", *METRICS,
                  "wall_time_s", "mlflow_run_id", "error"], rows)
 
 
@@ -219,7 +263,8 @@ def _metrics(studies, claims) -> dict:
         metrics[results.dataset] = {row.loss: {
             **{m: _rounded(row.summaries[m].mean) for m in METRICS},
             **{f"{m}_std": _rounded(row.summaries[m].std) for m in METRICS},
-            "last_interval_change": _rounded(row.last_change),
+            "plateau_gain": _rounded(row.plateau.gain if row.plateau else None),
+            "settled": row.plateau.settled if row.plateau else None,
             "classes_below_1": row.classes_below_1[0] if row.classes_below_1 else None,
             **row.counts} for row in rows}
         for status, count in results.counts().items():
@@ -228,11 +273,13 @@ def _metrics(studies, claims) -> dict:
     for c in claims:
         d = c.difference
         metrics["claims"].setdefault(c.dataset, {})[
-            f"{c.claim.better}_vs_{c.claim.worse}_{c.claim.metric}"] = {
+            f"{c.claim.better}_vs_{c.claim.worse}_{c.claim.metric}"
+            + ("_convergence" if c.claim.arm == CONVERGENCE else "")] = {
             "delta": _rounded(d.mean if d else None), "ci_low": _rounded(d.low if d else None),
             "ci_high": _rounded(d.high if d else None), "seeds": d.n if d else 0,
             "p_value": _rounded(d.p_value if d else None), "p_holm": _rounded(c.adjusted_p),
-            "family": c.family, "verdict": c.verdict}
+            "family": c.family, "verdict": c.verdict, "detectable": _rounded(c.detectable),
+            "seeds_needed": c.needed}
     return metrics
 
 
@@ -254,6 +301,11 @@ def write(report: ReportParams, built: Report) -> list[Path]:
     for results, rows in studies:
         written.append(figures.per_class_bars(results, rows,
                                               figs / f"per_class_{results.dataset}.png"))
+    if _has_arm(studies):
+        arm = [(results, t) for (results, _), t in zip(studies, built.thresholds, strict=True)
+               if results.convergence]
+        written.append(figures.convergence_curves(arm, report.confidence,
+                                                  figs / "convergence_curves.png"))
     written.append(figures.gradient_study(built.gradient_points, figs / "gradient_study.png"))
     return written
 

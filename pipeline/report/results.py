@@ -11,12 +11,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..data.layouts import CITYSCAPES_CLASSES, VOC_CLASSES
-from ..measures import METRICS
+from ..measures import METRICS, MIOU
 from ..pretrain import StartingPoint
+from ..stats import mean_over_curve
 from ..study_losses import StudyLoss
 
 FINISHED, STOPPED, FAILED, MISSING = "finished", "stopped", "failed", "missing"
 STATUSES = (FINISHED, STOPPED, FAILED)
+#: The study's arms (pipeline.sweep.plan): the claims on final values, and how fast losses learn.
+FINETUNE, CONVERGENCE = "finetune", "convergence"
+#: The convergence arm's measure of speed: the mean mIoU over the curve (area under it / its
+#: iterations), per seed; a claim may name it as its metric.
+MIOU_AUC = "mIoU-AUC"
 #: Per-class tables follow the dataset's own class order where it is a known one.
 CLASS_ORDERS = (VOC_CLASSES, CITYSCAPES_CLASSES)
 
@@ -39,6 +45,11 @@ class TrialResult:
     wall_time_s: float | None = None
     mlflow_run_id: str | None = None
     selection_mIoU: float | None = None  # on the lr search's held-out split, if there was one
+    arm: str = FINETUNE
+
+    def curve(self, metric: str = MIOU) -> list[tuple[int, float]]:
+        """(iteration, value) of its validation history."""
+        return [(p["iteration"], p[metric]) for p in self.history if p.get(metric) is not None]
 
     @property
     def error_line(self) -> str:
@@ -69,7 +80,10 @@ class LossResults:
         return dict(sorted(best.items()))
 
     def values(self, metric: str) -> dict[int, float]:
-        """seed -> metric of the seed's chosen trial."""
+        """seed -> metric of the seed's chosen trial (mIoU-AUC: of its mIoU curve)."""
+        if metric == MIOU_AUC:
+            means = {seed: mean_over_curve(t.curve()) for seed, t in self.chosen().items()}
+            return {seed: m for seed, m in means.items() if m is not None}
         return {seed: trial.metrics[metric] for seed, trial in self.chosen().items()}
 
     def finished_per_class(self) -> list[dict[str, float]]:
@@ -91,14 +105,23 @@ class DatasetResults:
     classes: list[str] = field(default_factory=list)
     start: dict | None = None  # the sweep's protocol and starting checkpoint (older files: None)
     data: dict | None = None  # the data stage's label statistics and target check, if recorded
+    convergence: list[LossResults] = field(default_factory=list)  # the convergence arm's
+    convergence_start: dict | None = None
+
+    def describe_convergence_start(self) -> str:
+        return StartingPoint(**self.convergence_start).describe() \
+            if self.convergence_start else "start not recorded"
+
+    def arm(self, name: str) -> list[LossResults]:
+        return self.convergence if name == CONVERGENCE else self.losses
 
     def protocol(self) -> str:
         """How the trials were trained, for captions."""
         return StartingPoint(**self.start).describe() if self.start else \
             "protocol not recorded"
 
-    def loss(self, key: str) -> LossResults | None:
-        return next((lr for lr in self.losses if lr.loss == key), None)
+    def loss(self, key: str, arm: str = FINETUNE) -> LossResults | None:
+        return next((lr for lr in self.arm(arm) if lr.loss == key), None)
 
     @property
     def trials(self) -> list[TrialResult]:
@@ -150,7 +173,11 @@ def _read_trial(record, where: str) -> tuple[TrialResult, dict]:
         iterations=_require(record, "iterations", int, where, nullable=True),
         error=_require(record, "error", str, where, nullable=True) if "error" in record else None,
         wall_time_s=record.get("wall_time_s"), mlflow_run_id=record.get("mlflow_run_id"),
-        selection_mIoU=(record.get("selection") or {}).get("mIoU"))
+        selection_mIoU=(record.get("selection") or {}).get("mIoU"),
+        arm=_require(record, "arm", str, where) if "arm" in record else FINETUNE)
+    if trial.arm not in (FINETUNE, CONVERGENCE):
+        raise ResultsError(f"{where}.arm is {trial.arm!r}, expected {FINETUNE} or "
+                           f"{CONVERGENCE}")
     terms = _require(record, "loss_terms", list, where)
     return trial, terms
 
@@ -164,8 +191,11 @@ def class_order(names: set[str]) -> list[str]:
 
 def load_results(path: Path, dataset: str, planned_losses: Sequence[str],
                  planned_seeds: Sequence[int],
-                 known: dict[str, StudyLoss] | None = None) -> DatasetResults:
-    """Read one results file; planned (loss, seed) pairs absent from it become `missing` trials.
+                 known: dict[str, StudyLoss] | None = None,
+                 planned_convergence: Sequence[str] = ()) -> DatasetResults:
+    """Read one results file; planned (loss, seed) pairs absent from it become `missing` trials,
+    in each arm (planned_losses: the fine-tuning arm's; planned_convergence: the convergence
+    arm's).
 
     known: train.losses, which names every loss and gives the terms of a planned loss that has
     no trial in the file.
@@ -192,26 +222,39 @@ def load_results(path: Path, dataset: str, planned_losses: Sequence[str],
     if not records:
         raise ResultsError(f"{path}: 'trials' is empty: the sweep planned no trial")
 
-    trials, terms = {}, {}
+    arms: dict[str, dict[str, list[TrialResult]]] = {FINETUNE: {}, CONVERGENCE: {}}
+    terms = {}
     for i, record in enumerate(records):
         trial, trial_terms = _read_trial(record, f"{path}: trials[{i}]")
-        trials.setdefault(trial.loss, []).append(trial)
+        arms[trial.arm].setdefault(trial.loss, []).append(trial)
         terms.setdefault(trial.loss, trial_terms)
-    # Planned losses first, in params order; losses only the file knows after them.
-    order = list(dict.fromkeys([*planned_losses, *trials]))
+    names = {name.split(".", 1)[1] for arm in arms.values() for runs in arm.values()
+             for t in runs for name in t.per_class if name.startswith("IoU.")}
+
+    def optional(key: str) -> dict | None:
+        return _require(data, key, dict, where, nullable=True) if key in data else None
+
+    return DatasetResults(
+        dataset, _require(data, "config", str, where), path,
+        _by_loss(arms[FINETUNE], planned_losses, planned_seeds, terms, known, FINETUNE),
+        class_order(names), optional("start"), optional("data"),
+        _by_loss(arms[CONVERGENCE], planned_convergence, planned_seeds, terms, known,
+                 CONVERGENCE), optional("convergence_start"))
+
+
+def _by_loss(trials: dict[str, list[TrialResult]], planned: Sequence[str],
+             planned_seeds: Sequence[int], terms: dict[str, list[dict]],
+             known: dict[str, StudyLoss] | None, arm: str) -> list[LossResults]:
+    """One arm's trials by loss: planned losses first, in params order, then losses only the
+    file knows; planned seeds a loss lacks become `missing` trials."""
     losses = []
-    for loss in order:
+    for loss in dict.fromkeys([*planned, *trials]):
         present = trials.get(loss, [])
         seeds = {t.seed for t in present}
-        absent = [TrialResult(loss, seed, MISSING, {}, {}, []) for seed in planned_seeds
+        absent = [TrialResult(loss, seed, MISSING, {}, {}, [], arm=arm) for seed in planned_seeds
                   if seed not in seeds]
         runs = sorted(present + absent, key=lambda t: (t.seed, t.lr or 0.0))
         study_loss = (known or {}).get(loss)
         losses.append(LossResults(loss, study_loss.name if study_loss else loss,
                                   terms.get(loss, study_loss.terms if study_loss else []), runs))
-    names = {name.split(".", 1)[1] for runs in trials.values() for t in runs
-             for name in t.per_class if name.startswith("IoU.")}
-    start = _require(data, "start", dict, where, nullable=True) if "start" in data else None
-    statistics = _require(data, "data", dict, where, nullable=True) if "data" in data else None
-    return DatasetResults(dataset, _require(data, "config", str, where), path, losses,
-                          class_order(names), start, statistics)
+    return losses

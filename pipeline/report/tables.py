@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..stats import Difference, Summary
-from .compare import ClaimResult, LossRow
+from ..stats import INCONCLUSIVE, NOT_SETTLED, Difference, Plateau, Summary
+from .compare import POWER, ClaimResult, LossRow
 from .published import Published
-from .results import FAILED, METRICS, MISSING, STOPPED, DatasetResults
+from .results import CONVERGENCE, FAILED, METRICS, MISSING, STOPPED, DatasetResults
 
 DASH = "—"
 
@@ -117,16 +117,29 @@ def dataset_table(results: DatasetResults, rows: list[LossRow], baselines: list[
                  f"tab:{results.dataset}")
 
 
+def plateau_text(plateau: Plateau | None) -> str:
+    if plateau is None or plateau.gain is None:
+        return "no curve"
+    if plateau.low is None:
+        return f"{number(plateau.gain, True)} (1 seed, no test)"
+    return (f"{number(plateau.gain, True)} [{number(plateau.low, True)}, "
+            f"{number(plateau.high, True)}] ({'settled' if plateau.settled else 'NOT settled'})")
+
+
 def _training_notes(rows: list[LossRow]) -> list[str]:
     """Whether the models were trained enough, in the table's own numbers."""
-    changes = [f"{row.label} {number(row.last_change, signed=True)}" for row in rows
-               if row.last_change is not None]
+    tested = [row for row in rows if row.plateau is not None and row.plateau.gain is not None]
     below = [f"{row.label} {row.classes_below_1[0]}/{row.classes_below_1[1]}" for row in rows
              if row.classes_below_1 is not None]
     notes = []
-    if changes:
-        notes.append("Trained enough? mIoU change over each loss's last evaluation interval, "
-                     "mean over the seeds (near 0: at its plateau): " + ", ".join(changes) + ".")
+    if tested:
+        first = tested[0].plateau
+        notes.append(
+            f"Trained enough? The plateau test: the mIoU each loss still gains over its last "
+            f"{first.points} evaluations ({first.span} iterations; the least-squares line per "
+            f"seed, mean and 95% interval over the seeds); settled when the interval lies "
+            f"within ±{number(first.tolerance)}: "
+            + ", ".join(f"{row.label} {plateau_text(row.plateau)}" for row in tested) + ".")
     if below:
         notes.append("Classes whose IoU stays below 1 (mean over the seeds), of all classes: "
                      + ", ".join(below) + ".")
@@ -216,6 +229,32 @@ def p_value(value: float | None) -> str:
     return "< 0.001" if value < 0.001 else f"{value:.3f}"
 
 
+def claim_text(c: ClaimResult) -> str:
+    if c.claim.arm == CONVERGENCE:
+        return (f"{c.better_label} converges faster than {c.worse_label} "
+                f"({c.claim.metric}, convergence arm)")
+    return f"{c.better_label} > {c.worse_label} on {c.claim.metric}"
+
+
+def verdict_text(c: ClaimResult) -> str:
+    """The verdict, and with a number why it is not a decision."""
+    if c.reason:
+        return f"{c.verdict} ({c.reason})"
+    if c.verdict == NOT_SETTLED:
+        return c.verdict + " (" + "; ".join(
+            f"{label} gains {plateau_text(p)} over its last evaluations"
+            for label, p in c.unsettled) + ")"
+    if c.verdict != INCONCLUSIVE or c.detectable is None:
+        return c.verdict
+    observed = abs(c.difference.mean)
+    if observed < c.detectable:
+        need = f"{c.needed} seeds would" if c.needed else "more than 200 seeds would"
+        return (f"{c.verdict}: |Δ| {number(observed)} is below the {number(c.detectable)} "
+                f"its {c.difference.n} seeds detect; {need} detect {number(observed)}")
+    return (f"{c.verdict}: |Δ| {number(observed)} is above the {number(c.detectable)} its seeds "
+            f"detect at 80% power, yet not significant at its Holm step")
+
+
 def claims_table(claims: list[ClaimResult], confidence: float) -> Table:
     family = claims[0].family if claims else 0
     alpha = 1 - confidence
@@ -223,21 +262,28 @@ def claims_table(claims: list[ClaimResult], confidence: float) -> Table:
     for c in claims:
         diff = c.difference
         body.append([
-            Cell(f"{c.better_label} > {c.worse_label} on {c.claim.metric}"),
-            Cell(c.claim.source), Cell(c.dataset), Cell(difference(diff)),
+            Cell(claim_text(c)), Cell(c.claim.source), Cell(c.dataset), Cell(difference(diff)),
             Cell(p_value(c.adjusted_p)),
+            Cell(DASH if c.detectable is None else number(c.detectable)),
             Cell(", ".join(map(str, diff.seeds)) if diff and diff.seeds else DASH),
-            Cell(c.verdict + (f" ({c.reason})" if c.reason else ""), bold=True)])
+            Cell(verdict_text(c), bold=True)])
     notes = [f"Δ: mean paired difference over the seeds both losses finished, with its "
              f"{confidence:.0%} confidence interval (Student t, uncorrected). p: the paired "
              f"t-test's two-sided p-value, adjusted for the {family} claims tested together "
              f"(Holm-Bonferroni; a claim with no test counts in the family as p = 1). Verdict: "
              f"reproduced if the adjusted p < {alpha:.2g} and Δ > 0, not reproduced if the "
              f"adjusted p < {alpha:.2g} and Δ < 0, inconclusive otherwise or with fewer than 2 "
-             f"paired seeds."]
+             f"paired seeds; not settled, whatever p, when a loss of a fine-tuning claim fails "
+             f"the plateau test (its curve still moves: the loss tables' notes).",
+             f"Detectable: the smallest true Δ its seeds detect with {POWER:.0%} power at the "
+             f"family's strictest level {alpha:.2g}/{family} (Holm's first step), from the "
+             f"standard deviation of its paired differences (exact noncentral t; docs/study.md, "
+             f"\"How many seeds\"). An inconclusive claim with |Δ| below it is smaller than "
+             f"its seeds can resolve; the verdict says how many seeds |Δ| would need."]
     return Table(f"The papers' claims, checked (a family of {family})", [
         "Claim", "Source", "Dataset", f"Δ [{confidence:.0%} CI]", f"p (Holm, m={family})",
-        "Seeds", "Verdict"], body, notes, "tab:claims", text_columns=3)
+        f"Detectable Δ ({POWER:.0%} power)", "Seeds", "Verdict"], body, notes, "tab:claims",
+        text_columns=3)
 
 
 def gradient_table(rows: list[dict]) -> Table:

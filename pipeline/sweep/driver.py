@@ -59,6 +59,7 @@ class SweepTracking:
                     "seeds": ",".join(map(str, study.sweep.seeds)),
                     "workers_per_trial": study.sweep.workers, "use_gpu": study.sweep.use_gpu,
                     "lr_search.samples": study.sweep.lr_search.samples,
+                    "convergence.losses": ",".join(study.sweep.convergence.losses),
                     "protocol": study.start.protocol,
                     "init_checkpoint_sha256": study.start.sha256},
             tags={"dataset": study.dataset, "data_hash": study.data_hash,
@@ -74,11 +75,14 @@ class SweepTracking:
                   "effective_batch_size": batch.effective_batch,
                   "loss_name": self.study.train.losses[spec.loss].name,
                   "loss_terms": canonical(spec.terms),
-                  "protocol": self.study.start.protocol,
-                  "init_checkpoint_sha256": self.study.start.sha256,
-                  "init_checkpoint_mIoU": self.study.start.mIoU}
+                  "arm": trial.arm, "schedule": spec.schedule,
+                  "val_interval": spec.val_interval, "protocol": trial.start.protocol,
+                  "init_checkpoint_sha256": trial.start.sha256,
+                  "init_checkpoint_mIoU": trial.start.mIoU}
+        # The arm is a tag too: the UI's search (tags.arm = 'convergence') separates the arms
         tags = {"dataset": self.study.dataset, "data_hash": self.study.data_hash,
-                "trial": trial.name, "storage": self.study.storage.uri_of(*trial.folder)}
+                "trial": trial.name, "arm": trial.arm,
+                "storage": self.study.storage.uri_of(*trial.folder)}
         return self.tracker.child_run(self.parent_id, trial.key, trial.name, params, tags,
                                       self.description(trial), self.dataset_record())
 
@@ -89,7 +93,7 @@ class SweepTracking:
                 f"lr {batch.lr:g}, "
                 f"{spec.iterations or 'the config schedule of'} iterations of "
                 f"{Path(spec.config).stem} on {self.study.dataset} (data "
-                f"{self.study.data_hash[:12]}); {self.study.start.describe()}.")
+                f"{self.study.data_hash[:12]}); {trial.arm} arm, {trial.start.describe()}.")
 
     def dataset_record(self) -> DatasetRecord:
         data = self.study.data
@@ -259,7 +263,7 @@ def _run_tuner(study: Study, pending: list[Trial], tracking: SweepTracking):
                  "data": study.data.to_dict(), "storage": study.storage.uri,
                  "workers": study.sweep.workers, "use_gpu": study.sweep.use_gpu,
                  "cpus_per_worker": study.sweep.cpus_per_worker,
-                 "start": study.start.identity()} for t in pending]
+                 "start": t.start.identity()} for t in pending]
         concurrent = concurrency(study.sweep, len(pending))
         scheduler = None
         if study.sweep.lr_search.samples:
@@ -301,11 +305,12 @@ def _run_tuner(study: Study, pending: list[Trial], tracking: SweepTracking):
 
 
 def _share_starting_weights(study: Study) -> None:
-    """The checkpoint the trials fine-tune, into the sweep's storage, where every node finds it
-    (once per checkpoint: its folder is named by its hash)."""
-    folder = pretrain_folder(study.dataset, study.start.sha256)
-    if not study.storage.exists(*folder, MODEL):
-        study.storage.upload(Path(study.start.path).parent, *folder)
+    """The checkpoints the trials start from, into the sweep's storage, where every node finds
+    them (once per checkpoint: its folder is named by its hash)."""
+    for start in study.starts():
+        folder = pretrain_folder(study.dataset, start.sha256)
+        if not study.storage.exists(*folder, MODEL):
+            study.storage.put(Path(start.path), *folder, MODEL)
 
 
 def _reconcile(tracking: SweepTracking, trials: list[Trial], records: list[dict]) -> bool:
@@ -344,7 +349,7 @@ def run_sweep(dataset: str, params_file: Path | str = "params.yaml",
     tracking = SweepTracking(tracker, study, trials)
     study.storage.write_json({"sweep_key": sweep_key(trials), "started": time.time()},
                              dataset, STORAGE_MARKER)
-    if pending and study.start.path is not None:
+    if pending:
         _share_starting_weights(study)
     callback = _run_tuner(study, pending, tracking) if pending else None
     for trial in pending:

@@ -14,7 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..params import ParamsError, load_params, lookup, parse_section
-from ..pretrain import MissingPretrain, StartingPoint, pretrain_output, starting_point
+from ..pretrain import (
+    MissingPretrain,
+    StartingPoint,
+    early_point,
+    pretrain_output,
+    starting_point,
+)
 from ..scaling import BatchPlan, plan_batch
 from ..tracking import TrackingParams
 from ..train import RunSpec, TrainParams, code_fingerprint
@@ -28,6 +34,10 @@ from .datasets import (
 from .storage import FINAL, Storage
 
 STOPPED = "stopped.json"
+#: The study's arms: fine-tuning a converged CE model (the papers' protocol, the claims on final
+#: values), and training from an under-trained start (how fast each loss learns).
+FINETUNE, CONVERGENCE = "finetune", "convergence"
+CONVERGENCE_STARTS = ("early", "scratch")
 
 
 @dataclass
@@ -69,6 +79,35 @@ class LRSearchParams:
 
 
 @dataclass
+class ConvergenceParams:
+    """params.yaml: sweep.convergence. The convergence arm (Yu et al. 2021: learning over IoU
+    converges more slowly): its losses, each for every seed of sweep.seeds, trained from an
+    under-trained start with frequent evaluations, at a constant learning rate."""
+
+    losses: list[str] = field(default_factory=list)  # [] leaves the arm out
+    start: str = "early"  # early: the pre-training's weights at pretrain.early_iteration
+    iterations: int = 100
+    val_interval: int = 10
+    lr: float | None = None  # null: the config's (what the pre-training trains with)
+
+    def validate(self, where: str) -> None:
+        if self.start not in CONVERGENCE_STARTS:
+            raise ParamsError(f"params.yaml: {where}.start must be one of "
+                              f"{', '.join(CONVERGENCE_STARTS)}, got '{self.start}'")
+        if len(set(self.losses)) != len(self.losses):
+            raise ParamsError(f"params.yaml: {where}.losses has duplicates: {self.losses}")
+        for key in ("iterations", "val_interval"):
+            if getattr(self, key) < 1:
+                raise ParamsError(f"params.yaml: {where}.{key} must be >= 1, got "
+                                  f"{getattr(self, key)}")
+        if self.val_interval > self.iterations:
+            raise ParamsError(f"params.yaml: {where}.val_interval ({self.val_interval}) is "
+                              f"longer than {where}.iterations ({self.iterations})")
+        if self.lr is not None and not self.lr > 0:
+            raise ParamsError(f"params.yaml: {where}.lr must be > 0 or null, got {self.lr}")
+
+
+@dataclass
 class SweepParams:
     """params.yaml: sweep."""
 
@@ -83,6 +122,7 @@ class SweepParams:
     storage: str = "work_dirs/sweeps"  # a path, or an object store URI (s3://bucket/prefix)
     data: DataSourceParams = field(default_factory=DataSourceParams)
     lr_search: LRSearchParams = field(default_factory=LRSearchParams)
+    convergence: ConvergenceParams = field(default_factory=ConvergenceParams)
 
     def validate(self, where: str) -> None:
         if not self.losses:
@@ -128,6 +168,8 @@ class Trial:
     name: str
     spec: RunSpec
     batch: BatchPlan
+    arm: str = FINETUNE
+    start: StartingPoint | None = None  # the weights it starts from
 
     @property
     def folder(self) -> tuple[str, str]:
@@ -157,6 +199,13 @@ class Study:
     config_batch: int  # train_dataloader.batch_size of the config
     config_lr: float  # optim_wrapper.optimizer.lr of the config
     start: StartingPoint  # study.protocol and, fine-tuning, the pretrain stage's checkpoint
+    # the convergence arm's start (None without the arm)
+    convergence_start: StartingPoint | None = None
+
+    def starts(self) -> list[StartingPoint]:
+        """The distinct checkpoints its trials start from."""
+        points = [self.start, self.convergence_start]
+        return list({p.sha256: p for p in points if p is not None and p.sha256}.values())
 
     @property
     def data_hash(self) -> str:
@@ -173,21 +222,30 @@ def load_study(dataset: str, params_file: Path | str = "params.yaml",
     train = parse_section(TrainParams, lookup(params, "train"), "train")
     sweep = parse_section(SweepParams, lookup(params, "sweep"), "sweep")
     tracking = parse_section(TrackingParams, params.get("tracking", {}), "tracking")
-    for i, loss in enumerate(sweep.losses):
-        train.terms_of(loss, f"params.yaml: sweep.losses[{i}]")
-    train.check_losses(sweep.losses)
+    for where, losses in (("sweep.losses", sweep.losses),
+                          ("sweep.convergence.losses", sweep.convergence.losses)):
+        for i, loss in enumerate(losses):
+            train.terms_of(loss, f"params.yaml: {where}[{i}]")
+    train.check_losses(list(dict.fromkeys(sweep.losses + sweep.convergence.losses)))
     config = train.config_for(dataset)
     storage = Storage.parse(sweep.storage, on_cluster)
     data = dataset_version(dataset, lookup(params, "data.root"), sweep.data)
+    start, folder = study_start(dataset, params, sweep.data)
+    convergence = None
+    if sweep.convergence.losses:
+        convergence = StartingPoint("scratch") if sweep.convergence.start == "scratch" else \
+            early_point(dataset, folder or pretrain_output(dataset, params))
     return Study(dataset, train, sweep, tracking, config, data, storage,
-                 *config_batch_and_lr(config), study_start(dataset, params, sweep.data))
+                 *config_batch_and_lr(config), start, convergence)
 
 
-def study_start(dataset: str, params: dict, source: DataSourceParams) -> StartingPoint:
-    """The trials' starting point; with the 'dvc' source and no pretrain model here (a driver
-    inside `ray job submit`), the version dvc.lock names, pulled from the DVC remote."""
+def study_start(dataset: str, params: dict,
+                source: DataSourceParams) -> tuple[StartingPoint, Path | None]:
+    """The trials' starting point and the pretrain folder it is in; with the 'dvc' source and
+    no pretrain model here (a driver inside `ray job submit`), the version dvc.lock names,
+    pulled from the DVC remote."""
     try:
-        return starting_point(dataset, params)
+        return starting_point(dataset, params), None
     except MissingPretrain:
         if source.source != "dvc":
             raise
@@ -197,7 +255,7 @@ def study_start(dataset: str, params: dict, source: DataSourceParams) -> Startin
     md5 = locked_output(f"pretrain@{dataset}", output)
     folder = pull_locked(f"pretrain-{dataset}", md5, remote_settings(source.remote),
                          source.cache)
-    return starting_point(dataset, params, folder)
+    return starting_point(dataset, params, folder), folder
 
 
 def dataset_version(dataset: str, data_root: str, source: DataSourceParams) -> DatasetVersion:
@@ -235,35 +293,45 @@ def config_batch_and_lr(config: str) -> tuple[int, float]:
 
 
 def plan_trials(study: Study) -> list[Trial]:
-    """The grid: losses x seeds x learning rates, each with its key and name.
+    """The grid: losses x seeds x learning rates, then the convergence arm's losses x seeds,
+    each with its key and name.
 
     The spec's work dir and data root are the node's: the trial sets them where it runs."""
     code = code_fingerprint()
+    train, sweep = study.train, study.sweep
     trials = []
-    for loss in study.sweep.losses:
-        for seed in study.sweep.seeds:
-            for sampled in study.sweep.lr_search.rates():
-                lr = sampled if sampled is not None else study.train.lr
-                batch = plan_batch(study.config, study.config_batch, study.config_lr,
-                                   study.sweep.workers, study.train.batch_size, lr,
-                                   study.sweep.scale_lr)
-                spec = RunSpec(
-                    config=study.config, loss=loss, terms=study.train.terms_of(loss, "sweep"),
-                    seed=seed, custom_imports=tuple(study.train.custom_imports),
-                    work_dir="", lr=batch.lr if batch.scaled else lr,
-                    iterations=study.train.iterations, val_interval=study.train.val_interval,
-                    batch_size=study.train.batch_size, deterministic=study.train.deterministic,
-                    overlays=study.train.overlays,
-                    threads=None if study.sweep.use_gpu else study.sweep.cpus_per_worker,
-                    holdout=study.sweep.lr_search.holdout_every if sampled is not None else 0)
-                identity = {**spec.to_dict(), "work_dir": None, "data_root": None,
-                            "workers": study.sweep.workers, "gpu": study.sweep.use_gpu,
-                            "data": study.data_hash, "code": code,
-                            "start": study.start.identity()}
-                key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+    def add(arm: str, loss: str, seed: int, lr: float | None, start: StartingPoint,
+            prefix: str, **schedule) -> None:
+        batch = plan_batch(study.config, study.config_batch, study.config_lr, sweep.workers,
+                           train.batch_size, lr, sweep.scale_lr)
+        spec = RunSpec(
+            config=study.config, loss=loss, terms=train.terms_of(loss, "sweep"), seed=seed,
+            custom_imports=tuple(train.custom_imports), work_dir="",
+            lr=batch.lr if batch.scaled else lr, batch_size=train.batch_size,
+            deterministic=train.deterministic, overlays=train.overlays,
+            threads=None if sweep.use_gpu else sweep.cpus_per_worker, warmup=train.warmup,
+            val_subset=train.val_subset, **schedule)
+        identity = {**spec.to_dict(), "work_dir": None, "data_root": None,
+                    "workers": sweep.workers, "gpu": sweep.use_gpu, "data": study.data_hash,
+                    "code": code, "start": start.identity(), "arm": arm}
+        key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+        trials.append(Trial(study.dataset, key, f"{prefix}_{key[:8]}", spec, batch, arm, start))
+
+    for loss in sweep.losses:
+        for seed in sweep.seeds:
+            for sampled in sweep.lr_search.rates():
                 searched = f"_lr{sampled:g}" if sampled is not None else ""
-                name = f"{loss}_seed{seed}{searched}_{key[:8]}"
-                trials.append(Trial(study.dataset, key, name, spec, batch))
+                add(FINETUNE, loss, seed, sampled if sampled is not None else train.lr,
+                    study.start, f"{loss}_seed{seed}{searched}", iterations=train.iterations,
+                    val_interval=train.val_interval, schedule=train.schedule,
+                    holdout=sweep.lr_search.holdout_every if sampled is not None else 0)
+    arm = sweep.convergence
+    for loss in arm.losses:
+        for seed in sweep.seeds:
+            add(CONVERGENCE, loss, seed, arm.lr, study.convergence_start,
+                f"convergence_{loss}_seed{seed}", iterations=arm.iterations,
+                val_interval=arm.val_interval, schedule="constant")
     return trials
 
 

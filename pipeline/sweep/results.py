@@ -27,7 +27,9 @@ def trial_record(study: Study, trial: Trial, *, summary: dict | None, stopped: d
               "batch_size": spec.batch_size, "workers": study.sweep.workers,
               "effective_batch_size": trial.batch.effective_batch,
               "effective_lr": trial.batch.lr, "nodes": nodes,
-              "storage": study.storage.uri_of(*trial.folder), "mlflow_run_id": run_id}
+              "storage": study.storage.uri_of(*trial.folder), "mlflow_run_id": run_id,
+              "arm": trial.arm, "start": trial.start.identity(),
+              "val_interval": spec.val_interval, "schedule": spec.schedule}
     if summary is not None:
         record.update(status="finished", error=None, **{m: summary[m] for m in METRICS},
                       per_class=summary["per_class"],
@@ -52,6 +54,8 @@ def write_results(study: Study, records: list[dict], parent_id: str | None,
                "data_hash": study.data_hash, "data": data_statistics(study),
                "storage": study.storage.uri_of(study.dataset),
                "start": study.start.identity() | {"source": study.start.source},
+               "convergence_start": study.convergence_start.identity()
+               if study.convergence_start else None,
                "mlflow_parent_run_id": parent_id, "trials": records}
     for storage, name in ((study.storage, f"{study.dataset}/{RESULTS}"),
                           (Storage.parse(str(results_dir)), f"{study.dataset}.json")):

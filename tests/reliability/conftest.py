@@ -23,15 +23,17 @@ COVERED: dict[str, list[str]] = {"faults injected": [], "bad inputs tried": [],
 
 def reduced_study(iterations: int = 4, pretrain_iterations: int = 6, **sweep):
     """The default study cut to what CI affords: one generated dataset (tiny), a short CE
-    pre-training, 2 losses x 2 seeds fine-tuned for a few iterations. Everything else, the
-    stages and their code, is the default's."""
+    pre-training, 2 losses x 2 seeds fine-tuned for a few iterations, no convergence arm
+    unless `convergence` says. Everything else, the stages and their code, is the default's."""
     def edit(params):
         params["study"]["datasets"] = ["synthetic_voc"]
         params["datasets"]["synthetic_voc"].update(TINY_DATA)
         params["pretrain"].update(iterations=pretrain_iterations,
-                                  val_interval=pretrain_iterations // 2)
+                                  val_interval=pretrain_iterations // 2,
+                                  early_iteration=pretrain_iterations // 2)
         params["train"].update(iterations=iterations, val_interval=iterations // 2, overlays=1)
-        params["sweep"].update(losses=["ce", "pixiou"], seeds=[0, 1], **sweep)
+        params["sweep"].update(losses=["ce", "pixiou"], seeds=[0, 1],
+                               **{"convergence": {"losses": []}, **sweep})
     return edit
 
 
