@@ -37,7 +37,8 @@ def sweep_seconds(workdir: Path, trials: int, iterations: int,
     params["train"].update(iterations=iterations, val_interval=iterations // 2, lr=None)
     params["sweep"].update(losses=["ce"], seeds=list(range(trials)), cpu_workers_per_trial=1,
                            cpus_per_worker=1, max_concurrent_trials=concurrent,
-                           storage=str(workdir / "sweeps"), lr_search={"samples": 0})
+                           storage=str(workdir / "sweeps"), lr_search={"samples": 0},
+                           convergence={"losses": []})
     params["tracking"].update(uri=f"sqlite:///{workdir / 'mlflow.db'}",
                               artifacts=str(workdir / "mlartifacts"))
     path = workdir / "params.yaml"

@@ -109,3 +109,17 @@ def parse_section(cls: type[T], data: Any, where: str) -> T:
     if check is not None:
         check(where)
     return instance
+
+
+def check_schedule(section: Any, where: str) -> None:
+    """A section's `iterations` and `val_interval` (both >= 1, the interval within the length)
+    and its optional `lr` (> 0 or null)."""
+    for key in ("iterations", "val_interval"):
+        if getattr(section, key) < 1:
+            raise ParamsError(f"params.yaml: {where}.{key} must be >= 1, got "
+                              f"{getattr(section, key)}")
+    if section.val_interval > section.iterations:
+        raise ParamsError(f"params.yaml: {where}.val_interval ({section.val_interval}) is "
+                          f"longer than {where}.iterations ({section.iterations})")
+    if section.lr is not None and not section.lr > 0:
+        raise ParamsError(f"params.yaml: {where}.lr must be > 0 or null, got {section.lr}")

@@ -33,7 +33,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from .measures import METRICS
-from .params import ParamsError, load_params, lookup, parse_section
+from .params import ParamsError, check_schedule, load_params, lookup, parse_section
 
 PROTOCOLS = ("finetune", "scratch")
 MODEL = "model.pth"
@@ -82,17 +82,9 @@ class PretrainParams:
     published: dict[str, PublishedCheckpoint] = field(default_factory=dict)
 
     def validate(self, where: str) -> None:
-        for key in ("iterations", "val_interval"):
-            if getattr(self, key) < 1:
-                raise ParamsError(f"params.yaml: {where}.{key} must be >= 1, got "
-                                  f"{getattr(self, key)}")
-        if self.val_interval > self.iterations:
-            raise ParamsError(f"params.yaml: {where}.val_interval ({self.val_interval}) is "
-                              f"longer than {where}.iterations ({self.iterations})")
+        check_schedule(self, where)
         if self.seed < 0:
             raise ParamsError(f"params.yaml: {where}.seed must be >= 0, got {self.seed}")
-        if self.lr is not None and not self.lr > 0:
-            raise ParamsError(f"params.yaml: {where}.lr must be > 0 or null, got {self.lr}")
         early = self.early_iteration
         if early is not None and not (0 < early < self.iterations
                                       and early % self.val_interval == 0):

@@ -24,9 +24,11 @@ TERMINAL = ("FINISHED", "FAILED", "KILLED")
 
 
 def planned_trials(params: dict[str, str]) -> int:
-    """losses x seeds x learning rates, from the sweep's parent-run params."""
+    """losses x seeds x learning rates, and the convergence arm's losses x seeds, from the
+    sweep's parent-run params."""
     count = lambda key: len([v for v in params.get(key, "").split(",") if v])  # noqa: E731
-    return count("losses") * count("seeds") * max(1, int(params.get("lr_search.samples", 0)))
+    return count("seeds") * (count("losses") * max(1, int(params.get("lr_search.samples", 0)))
+                             + count("convergence.losses"))
 
 
 def latest_run(tracker: Tracker, dataset: str, key_tag: str):

@@ -215,8 +215,10 @@ def build_config(spec: RunSpec, world_size: int = 1, on_gpu: bool = False,
     from mmengine.config import Config
     from mmengine.utils import import_modules_from_strings
 
-    # Not formatted with yapf: mmengine formats the text for every log and dump, 1.5 s a run
-    cfg = Config.fromfile(spec.config, format_python_code=False)
+    cfg = Config.fromfile(spec.config)
+    # Not formatted with yapf: mmengine formats the text for each of the 8 logs and dumps of a
+    # run, 2 s in all. fromfile (mmengine 0.10.7) drops its own format_python_code argument.
+    object.__setattr__(cfg, "_format_python_code", False)
     if spec.custom_imports:  # registers the user's losses in this process (each DDP worker)
         import_modules_from_strings(list(spec.custom_imports))
         cfg.custom_imports = dict(cfg.get("custom_imports") or dict(imports=[]))
@@ -240,6 +242,7 @@ def build_config(spec: RunSpec, world_size: int = 1, on_gpu: bool = False,
                 scheduler["eta_min"] *= scale
     if spec.batch_size is not None:
         cfg.train_dataloader.batch_size = spec.batch_size
+
     if spec.data_root is not None:
         for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
             dataset = cfg.get(loader, {}).get("dataset", {})
@@ -673,6 +676,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", help="folder holding the datasets (default: data)")
     parser.add_argument("--init-checkpoint", help="weights to fine-tune (e.g. the pretrain "
                         "stage's models/pretrain/<dataset>/model.pth)")
+    parser.add_argument("--schedule", choices=SCHEDULES, default="config",
+                        help="constant: --warmup iterations, then --lr held")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--val-subset", type=int, help="evaluate the first N validation "
+                        "images while training, all of them at the end")
     parser.add_argument("--params", default="params.yaml", help="for train.losses")
     args = parser.parse_args(argv)
     try:
@@ -689,13 +697,15 @@ def main(argv: list[str] | None = None) -> int:
             val_interval=args.val_interval, batch_size=args.batch_size,
             deterministic=params.deterministic, overlays=params.overlays,
             init_checkpoint=args.init_checkpoint, custom_imports=tuple(params.custom_imports),
+            schedule=args.schedule, warmup=args.warmup, val_subset=args.val_subset,
             work_dir=args.work_dir or f"work_dirs/{Path(args.config).stem}/"
                                       f"{args.loss}_seed{args.seed}")
         summary = run(spec)
     except (ParamsError, PretrainedWeightsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(json.dumps({k: summary[k] for k in (*METRICS, "iterations", "wall_time_s")}))
+    print(json.dumps({**{k: summary[k] for k in (*METRICS, "iterations", "wall_time_s")},
+                      "curve": [[r["iteration"], r["mIoU"]] for r in summary["history"]]}))
     return 0
 
 

@@ -270,18 +270,23 @@ def test_a_dvc_remote_on_s3_brings_the_dataset_to_a_clone_and_to_every_node(tmp_
         _tiny_study(params)
         params["train"].update(iterations=4, val_interval=2)
         params["sweep"].update(losses=["ce"], seeds=[0], storage="s3://study/staged",
-                               data={"source": "dvc", "cache": str(tmp_path / "cluster-cache")})
+                               data={"source": "dvc", "cache": str(tmp_path / "cluster-cache")},
+                               convergence={"losses": ["ce"], "iterations": 4,
+                                            "val_interval": 2})
     params = yaml.safe_load((clone / "params.yaml").read_text())
     staged(params)
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     done = driver(stack, clone / "params.yaml", clone / "results", cwd=clone)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads((clone / "results" / "synthetic_voc.json").read_text())
-    (trial,) = results["trials"]
-    assert trial["status"] == "finished"
+    trial, arm = results["trials"]
+    assert trial["status"] == arm["status"] == "finished"
     assert results["start"]["sha256"] == pretrained["sha256"]
     assert trial["history"][0] == {**trial["history"][0], "iteration": 0,
                                    "mIoU": pretrained["mIoU"]}
+    # the convergence arm starts from the early weights the same pull brought
+    assert arm["arm"] == "convergence" and arm["start"]["sha256"] == pretrained["early"]["sha256"]
+    assert arm["history"][0]["mIoU"] == pretrained["early"]["mIoU"]
     (pulled,) = (tmp_path / "cluster-cache").glob("synthetic_voc-*/synthetic_voc")
     assert _tree_digest(pulled) == original
 

@@ -54,6 +54,14 @@ MEASURED = [
     "python -m pipeline.train mmseg_configs/fcn_r18-tiny-d8_1xb4-160_synthetic-voc-128x128.py "
     "--loss ce --seed 0 --iterations 320 --val-interval 80 --lr 0.001 --init-checkpoint "
     "work_dirs/ce-curve-voc/iter_3000.pth --work-dir work_dirs/ce-continued-voc",
+    "OMP_NUM_THREADS=1 python -m pipeline.train "
+    "mmseg_configs/fcn_r18-tiny-d8_1xb4-160_synthetic-voc-128x128.py --loss ce --seed 0 "
+    "--iterations 160 --val-interval 20 --lr 2e-4 --schedule constant --init-checkpoint "
+    "models/pretrain/synthetic_voc/model.pth --work-dir work_dirs/ft-ce-2e-4-s0",
+    "OMP_NUM_THREADS=1 python -m pipeline.train "
+    "mmseg_configs/fcn_r18-tiny-d8_1xb4-160_synthetic-voc-128x128.py --loss ce --seed 0 "
+    "--iterations 100 --val-interval 10 --lr 3e-3 --schedule constant --val-subset 50 "
+    "--init-checkpoint models/pretrain/synthetic_voc/early.pth --work-dir work_dirs/conv-ce-s0",
 ]
 #: Servers: started in the copy, answered on their port, stopped.
 SERVED = {"make ui": 5000, "make ui UI_PORT=5001": 5001}

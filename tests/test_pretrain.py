@@ -47,6 +47,14 @@ def test_the_pretrain_stage_writes_a_checked_ce_model_and_its_mlflow_run(pretrai
 
     weights = torch.load(model, map_location="cpu")  # weights only: loads without pickles
     assert set(weights) == {"state_dict", "meta"} and weights["meta"]["iterations"] == 4
+    # the early weights (pretrain.early_iteration: 2), the convergence arm's start, beside it
+    early = tmp / "models/pretrain/synthetic_voc/early.pth"
+    assert summary["early"] == {"iteration": 2, "mIoU": summary["history"][0]["mIoU"],
+                                "sha256": hashlib.sha256(early.read_bytes()).hexdigest()}
+    early_weights = torch.load(early, map_location="cpu")
+    assert early_weights["meta"]["iterations"] == 2
+    assert any(not torch.equal(early_weights["state_dict"][k], weights["state_dict"][k])
+               for k in weights["state_dict"])
     # its work dir is gone once the model is in the output
     assert not any((tmp / "work_dirs/pretrain").rglob("*.pth"))
     client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
@@ -132,7 +140,9 @@ def test_finetuning_without_the_pretrain_model_says_which_stage_to_run(tmp_path,
     ("pretrain", dict(published={"voc": dict(url="https://x/y.pth", sha256="C7FF", mIoU=1.0)}),
      "pretrain.published.voc.sha256 must be the file's sha256 or its first 8"),
     ("study", dict(protocol="finetuned"), "study.protocol must be one of"),
-], ids=["iterations", "val_interval", "lr", "url", "sha256", "protocol"])
+    ("pretrain", dict(early_iteration=3), "pretrain.early_iteration must be a multiple of "
+                                          "pretrain.val_interval (2) below pretrain.iterations"),
+], ids=["iterations", "val_interval", "lr", "url", "sha256", "protocol", "early"])
 def test_bad_pretrain_params_fail_naming_the_key(tmp_path, tiny_data, section, values, message):
     params = study_params(tmp_path, tiny_data, **{section: values},
                           **({} if section == "study" else {"study": dict(protocol="finetune")}))

@@ -46,10 +46,11 @@ def trial(loss, seed, miou=None, mpixiou=None, status="finished", error=None,
             "mlflow_run_id": f"run-{loss}-{seed}", "status": status, "error": error,
             "mIoU": miou, "image-mIoU": image, "mPixIoU": mpixiou,
             "per_class": per_class if finished else None,
-            "history": [{"iteration": 80, "mIoU": (miou or 5) / 2, "image-mIoU": 1.0,
-                         "mPixIoU": 0.0},
-                        {"iteration": 160, "mIoU": miou or 5, "image-mIoU": image or 4,
-                         "mPixIoU": mpixiou or 0.0}],
+            # a rise, then flat over the plateau test's last 4 evaluations (settled)
+            "history": [{"iteration": 0, "mIoU": (miou or 5) / 2, "image-mIoU": 1.0,
+                         "mPixIoU": 0.0}] +
+                       [{"iteration": i, "mIoU": miou or 5, "image-mIoU": image or 4,
+                         "mPixIoU": mpixiou or 0.0} for i in (40, 80, 120, 160)],
             "world_size": 1, "wall_time_s": 1.0}
 
 
@@ -80,6 +81,7 @@ def report_params(tmp_path: Path, datasets=("synthetic_voc",), **report) -> Path
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["study"]["datasets"] = list(datasets)
     params["sweep"].update(losses=["ce", "lovasz", "pixiou", "ce_pixiou"], seeds=[0, 1, 2])
+    params["sweep"]["convergence"]["losses"] = []
     params["tracking"]["uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
     params["report"].update(results_dir=str(tmp_path / "results"),
                             output=str(tmp_path / "reports"),
@@ -129,11 +131,19 @@ def test_fixture_results_give_the_expected_tables(fixture_study, tmp_path):
     p_pixiou = stats.ttest_rel([16, 14], [13, 15]).pvalue
     assert p_lovasz < 0.05 < 3 * p_lovasz and 2 * p_pixiou > 1
     assert "### The papers' claims, checked (a family of 3)" in md
+    # Detectable at 0.05 / 3 with 80% power, from the sd of the paired differences (1 and
+    # 2.83): what a smaller |Δ| would need is said in the verdict
+    from pipeline.stats import detectable_effect, seeds_needed
+
+    seen = detectable_effect(1.0, 3, 0.05 / 3)
     assert ("| Lovász-Softmax > CE on mIoU | Berman et al. 2018 | synthetic_voc | "
-            f"+4.00 [+1.52, +6.48] | {3 * p_lovasz:.3f} | 0, 1, 2 | **inconclusive** |") in md
+            f"+4.00 [+1.52, +6.48] | {3 * p_lovasz:.3f} | {seen:.2f} | 0, 1, 2 | "
+            f"**inconclusive: |Δ| 4.00 is below the {seen:.2f} its 3 seeds detect; "
+            f"{seeds_needed(4.0, 1.0, 0.05 / 3)} seeds would detect 4.00** |") in md
     assert ("| Lovász-PixIoU > Lovász-Softmax on mIoU | Yu et al. 2021, PixIoU as defined in "
             "docs/pixiou.md | synthetic_voc | "
-            "+1.00 [-24.41, +26.41] | 1.000 | 0, 1 | **inconclusive** |") in md
+            f"+1.00 [-24.41, +26.41] | 1.000 | {detectable_effect(2 ** 1.5, 2, 0.05 / 3):.2f} | "
+            "0, 1 | **inconclusive: |Δ| 1.00 is below the") in md
     assert "not corrected for the number of comparisons" in md  # the Δ columns
     assert "mPixIoU can be negative: per class, PixIoU lies in (2·IoU − 1, IoU]" in md
     # Per class: IoU.<c> = mIoU + index, so Lovász-Softmax (mean 15) is best on every class
@@ -145,12 +155,13 @@ def test_fixture_results_give_the_expected_tables(fixture_study, tmp_path):
     assert "### synthetic_voc: image-IoU per class" in md  # image-IoU.<c> = IoU.<c> - 1
     assert "| aeroplane | 11.00 | **15.00** | **15.00** |" in md
     assert "No finished trial, so no column: CE + Lovász-PixIoU." in md
-    # The captions say how the models were trained, and whether enough: the last interval's
-    # change (history: mIoU/2 at 80, mIoU at 160) and the classes below 1 IoU (IoU.c >= 10)
+    # The captions say how the models were trained, and whether enough: the plateau test
+    # (flat over the last 4 evaluations) and the classes below 1 IoU (IoU.c >= 10)
     assert ("synthetic_voc, config `fcn_r18-tiny-d8_1xb4-160_synthetic-voc-128x128`, fine-tuned "
             "from the CE checkpoint abababababab (trained, mIoU 70.50), 160 iterations.") in md
-    assert ("(near 0: at its plateau): CE +5.50, Lovász-Softmax +7.50, Lovász-PixIoU +7.50."
-            in md)
+    assert ("last 4 evaluations (120 iterations; the least-squares line per seed, mean and 95% "
+            "interval over the seeds); settled when the interval lies within ±1.50: CE +0.00 "
+            "[+0.00, +0.00] (settled), Lovász-Softmax +0.00 [+0.00, +0.00] (settled)") in md
     assert ("Classes whose IoU stays below 1 (mean over the seeds), of all classes: CE 0/21, "
             "Lovász-Softmax 0/21, Lovász-PixIoU 0/21.") in md
 
@@ -159,7 +170,8 @@ def test_fixture_results_give_the_expected_tables(fixture_study, tmp_path):
     assert metrics["synthetic_voc"]["pixiou"]["mIoU"] == 15.0
     assert metrics["synthetic_voc"]["pixiou"]["image-mIoU"] == 14.0
     assert metrics["synthetic_voc"]["ce_pixiou"]["mIoU"] is None
-    assert metrics["synthetic_voc"]["ce"]["last_interval_change"] == 5.5
+    assert metrics["synthetic_voc"]["ce"]["plateau_gain"] == 0.0
+    assert metrics["synthetic_voc"]["ce"]["settled"] is True
     assert metrics["synthetic_voc"]["ce"]["classes_below_1"] == 0
     claim = metrics["claims"]["synthetic_voc"]["lovasz_vs_ce_mIoU"]
     assert claim["verdict"] == INCONCLUSIVE and claim["family"] == 3
@@ -167,14 +179,14 @@ def test_fixture_results_give_the_expected_tables(fixture_study, tmp_path):
     assert claim["p_holm"] == pytest.approx(3 * p_lovasz, abs=1e-4)
 
     rows = (tmp_path / "reports/results.csv").read_text().splitlines()
-    assert rows[0].startswith("dataset,loss,label,seed,lr,status")
+    assert rows[0].startswith("dataset,arm,loss,label,seed,lr,status")
     assert len(rows) == 1 + 12
     assert sum(",failed," in r for r in rows) == 1 and sum(",missing," in r for r in rows) == 3
 
     tex = (tmp_path / "reports/tables.tex").read_text()
     assert r"\toprule" in tex and r"\bottomrule" in tex
     assert r"Lov\'asz-Softmax & 3/3 & \textbf{15.00 $\pm$ 2.00}" in tex
-    assert r"\textbf{inconclusive}" in tex
+    assert r"\textbf{inconclusive: |$\Delta$| 4.00 is below the" in tex
 
 
 def test_the_data_table_shows_the_labels_against_their_targets(tmp_path):
@@ -404,7 +416,7 @@ def test_report_stage_in_a_dvc_repo_gives_dvc_metrics_and_plots(tmp_path):
 
 
 def test_classes_below_1_iou_are_counted_on_the_mean_over_seeds():
-    from pipeline.report.compare import _classes_below_1, _last_change
+    from pipeline.report.compare import _classes_below_1
     from pipeline.report.results import FINISHED, LossResults, TrialResult
 
     def trial(seed, iou_a, iou_b, curve):
@@ -416,7 +428,6 @@ def test_classes_below_1_iou_are_counted_on_the_mean_over_seeds():
     losses = LossResults("ce", "CE", [{"type": "CrossEntropyLoss"}],
                          [trial(0, 0.5, 0.0, [10, 12, 13]), trial(1, 1.2, 3.0, [10, 11, 14])])
     assert _classes_below_1(losses) == (1, 2)
-    assert _last_change(losses) == 2.0  # (1 + 3) / 2
 
 
 def test_the_readme_shows_the_committed_reports_tables():
@@ -442,3 +453,50 @@ def test_the_readme_results_are_regenerated_from_the_tables(tmp_path):
                                 f"of 2)\n\n| a |\n\n#### d: the losses compared\n\n| b |\n{END}"
                                 "\nrest\n")
     assert readme(["--readme", str(path), "--tables", str(tables), "--check"]) == 0
+
+
+def test_the_convergence_arm_gets_its_table_figure_plots_and_claim(tmp_path):
+    """Convergence trials (arm: convergence) beside the fine-tuning ones: a table per dataset
+    with iterations to the threshold and mIoU-AUC, a figure with bands, a DVC plot, and the
+    claim judged on the paired mIoU-AUC."""
+    def arm(loss, seed, curve):
+        record = trial(loss, seed, curve[-1], 0.0)
+        record.update(arm="convergence", trial=f"convergence_{loss}_seed{seed}",
+                      key=f"c{loss}{seed}", iterations=20, mlflow_run_id=f"c-{loss}-{seed}",
+                      history=[{"iteration": 10 * i, "mIoU": v, "image-mIoU": v, "mPixIoU": v}
+                               for i, v in enumerate(curve)])
+        return record
+
+    trials = [t for t in FIXTURE_TRIALS if t["loss"] != "pixiou"]
+    trials += [arm("ce", s, [20.0, 40.0, 50.0]) for s in range(3)]  # threshold 0.9 * 50 = 45
+    trials += [arm("lovasz", s, [20.0, 25.0 + s, 30.0]) for s in range(3)]  # never reaches
+    trials += [arm("pixiou", s, [20.0, 45.0 + s, 50.0]) for s in range(3)]  # reaches at 10
+    write_results(tmp_path / "results", trials)
+    params = report_params(tmp_path, claims=[
+        {"better": "pixiou", "worse": "lovasz", "metric": "mIoU-AUC", "arm": "convergence",
+         "source": "Yu et al. 2021"}])
+    raw = yaml.safe_load(params.read_text())
+    raw["sweep"].update(losses=["ce", "lovasz"], convergence={"losses": ["ce", "lovasz",
+                                                                         "pixiou"]})
+    params.write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
+    assert main(["--params", str(params)]) == 0
+    md = (tmp_path / "reports/tables.md").read_text()
+    assert "### synthetic_voc: how fast the losses learn (convergence arm)" in md
+    # CE crosses 45 halfway between 40 (at 10) and 50 (at 20): iteration 15 on every seed
+    assert "| CE | 3/3 | 20.00 | 50.00 [50.00, 50.00] | 15.00 [15.00, 15.00] |" in md
+    assert "| Lovász-Softmax | 3/3 | 20.00 | 30.00 [30.00, 30.00] | — (0/3 reached) |" in md
+    # mIoU-AUC by hand: CE (10 * 30 + 10 * 45) / 20 = 37.5
+    assert "| 37.50 [37.50, 37.50] | — |" in md
+    assert ("| Lovász-PixIoU converges faster than Lovász-Softmax (mIoU-AUC, convergence arm) "
+            "| Yu et al. 2021 | synthetic_voc | +15.00 [+15.00, +15.00] |") in md
+    # by hand: (10 * (20 + 45 + s) / 2 + 10 * (45 + s + 50) / 2) / 20 = 40 + s / 2 against
+    # Lovász-Softmax's 25 + s / 2
+    assert (tmp_path / "reports/figures/convergence_curves.png").is_file()
+    band = (tmp_path / "reports/plots/convergence/synthetic_voc_pixiou.csv").read_text()
+    assert band.splitlines()[0] == "iteration,mIoU,low,high,seeds"
+    assert band.splitlines()[2].startswith("10,46.0000,") and band.splitlines()[2].endswith(",3")
+    metrics = json.loads((tmp_path / "reports/metrics.json").read_text())
+    claim = metrics["claims"]["synthetic_voc"]["pixiou_vs_lovasz_mIoU-AUC_convergence"]
+    assert claim["verdict"] == "reproduced" and claim["delta"] == 15.0
+    rows = (tmp_path / "reports/results.csv").read_text().splitlines()
+    assert sum(",convergence," in r for r in rows) == 9

@@ -74,3 +74,12 @@ def test_status_reads_a_running_and_a_finished_sweep_from_mlflow(tmp_path):
     out = status(path)
     assert "sweep FAILED " in out and ": 1 failed, 5 finished, 0 stopped" in out
     assert "synthetic_voc.json: 1 failed, 5 finished" in out
+
+
+def test_the_planned_trials_count_the_convergence_arm():
+    from pipeline.status import planned_trials
+
+    params = {"losses": "ce,lovasz,pixiou", "seeds": "0,1,2,3,4", "lr_search.samples": "0",
+              "convergence.losses": "ce,lovasz"}
+    assert planned_trials(params) == 5 * 3 + 5 * 2
+    assert planned_trials({**params, "convergence.losses": ""}) == 15

@@ -206,3 +206,63 @@ def test_a_claim_on_a_loss_that_has_not_settled_reads_not_settled():
     assert rising.adjusted_p < 0.05  # significant, yet no verdict
     text = verdict_text(rising)
     assert text.startswith("not settled (") and "NOT settled" in text and "+3.00" in text
+
+
+# --- the params that drive them fail naming the key ---------------------------------------
+
+@pytest.mark.parametrize("section, values, message", [
+    ("sweep", {"convergence": {"losses": ["ce"], "start": "late"}},
+     "sweep.convergence.start must be one of early, scratch, got 'late'"),
+    ("sweep", {"convergence": {"losses": ["ce"], "iterations": 10, "val_interval": 20}},
+     "sweep.convergence.val_interval (20) is longer than sweep.convergence.iterations (10)"),
+    ("sweep", {"convergence": {"losses": ["focal"]}},
+     "sweep.convergence.losses[0]: unknown loss 'focal'"),
+    ("train", {"schedule": "cosine"}, "train.schedule must be one of config, constant"),
+    ("train", {"val_subset": 0}, "train.val_subset must be > 0 or null"),
+], ids=["start", "interval", "loss", "schedule", "subset"])
+def test_bad_arm_and_schedule_params_fail_naming_the_key(tmp_path, tiny_data, section, values,
+                                                         message):
+    from pipeline.params import ParamsError
+    from pipeline.sweep.plan import load_study
+    from tests.conftest import study_params
+
+    raw = __import__("yaml").safe_load(study_params(tmp_path, tiny_data).read_text())
+    for key, value in values.items():
+        raw[section][key] = {**raw[section][key], **value} if isinstance(value, dict) else value
+    params = tmp_path / "bad.yaml"
+    params.write_text(__import__("yaml").safe_dump(raw))
+    with pytest.raises(ParamsError, match=None) as raised:
+        load_study("synthetic_voc", params)
+    assert message in str(raised.value)
+
+
+def test_the_convergence_arm_without_early_weights_says_what_to_set(tmp_path, tiny_data):
+    """A study that trains from scratch (or a published checkpoint) has no early weights."""
+    from pipeline.params import ParamsError
+    from pipeline.sweep.plan import load_study
+    from tests.conftest import study_params
+
+    params = study_params(tmp_path, tiny_data, sweep={"convergence": {"losses": ["ce"]}})
+    with pytest.raises(ParamsError) as raised:
+        load_study("synthetic_voc", params)
+    assert "sweep.convergence.start is early" in str(raised.value)
+    assert "sweep.convergence.start: scratch" in str(raised.value)
+
+
+def test_the_sweep_plans_the_convergence_arm_with_its_own_start_and_keys(tmp_path, tiny_data):
+    from pipeline.sweep.plan import CONVERGENCE, FINETUNE, load_study, plan_trials
+    from tests.conftest import study_params
+
+    params = study_params(tmp_path, tiny_data, sweep={
+        "losses": ["ce", "lovasz"], "seeds": [0, 1],
+        "convergence": {"losses": ["ce", "pixiou"], "start": "scratch", "iterations": 6,
+                        "val_interval": 3, "lr": 3.0e-3}})
+    trials = plan_trials(load_study("synthetic_voc", params))
+    arms = [t.arm for t in trials]
+    assert arms.count(FINETUNE) == 4 and arms.count(CONVERGENCE) == 4
+    arm = [t for t in trials if t.arm == CONVERGENCE]
+    assert {t.spec.iterations for t in arm} == {6} and {t.spec.val_interval for t in arm} == {3}
+    assert {t.spec.schedule for t in arm} == {"constant"} and {t.spec.lr for t in arm} == {3e-3}
+    assert all(t.name.startswith("convergence_") for t in arm)
+    # the same loss and seed in the two arms are two trials
+    assert len({t.key for t in trials}) == len(trials)

@@ -83,12 +83,8 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _interval(diff: Difference | None) -> str:
-    if diff is None or diff.n == 0:
-        return DASH
-    if diff.low is None:
-        return f"{number(diff.mean)} (n=1)"
-    return f"{number(diff.mean)} [{number(diff.low)}, {number(diff.high)}]"
+def _unsigned(diff: Difference | None) -> str:
+    return difference(diff, signed=False)
 
 
 def convergence_table(results: DatasetResults, rows: list[ConvergenceRow],
@@ -104,12 +100,12 @@ def convergence_table(results: DatasetResults, rows: list[ConvergenceRow],
     body = []
     for row in rows:
         reached = sum(x is not None for x in row.crossings.values())
-        to = _interval(row.to_threshold)
+        to = _unsigned(row.to_threshold)
         if reached < len(row.crossings):
             to += f" ({reached}/{len(row.crossings)} reached)"
         body.append([Cell(row.label), Cell(f"{row.finished}/{row.planned}"),
                      Cell(DASH if row.start is None else number(row.start)),
-                     Cell(_interval(row.end)), Cell(to), Cell(_interval(row.auc)),
+                     Cell(_unsigned(row.end)), Cell(to), Cell(_unsigned(row.auc)),
                      Cell(DASH if row.loss == params.reference else difference(row.auc_delta))])
     iterations = sorted({t.iterations for lr in results.convergence for t in lr.trials
                          if t.iterations})

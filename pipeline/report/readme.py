@@ -17,7 +17,7 @@ from pathlib import Path
 BEGIN, END = "<!-- results:begin (python -m pipeline.report.readme) -->", "<!-- results:end -->"
 #: The sections of tables.md that the README shows, by the start of their title.
 SHOWN = ("The papers' claims, checked", "Gradient study")
-SHOWN_SUFFIX = ": the losses compared"
+SHOWN_SUFFIX = (": the losses compared", "(convergence arm)")
 
 
 def sections(tables: str) -> list[tuple[str, str]]:

@@ -44,12 +44,14 @@ def mean_std(summary: Summary) -> str:
     return f"{number(summary.mean)} ± {number(summary.std)}"
 
 
-def difference(diff: Difference | None) -> str:
+def difference(diff: Difference | None, signed: bool = True) -> str:
+    """A mean with its interval: a paired difference (signed), or a mean over seeds."""
     if diff is None or diff.n == 0:
         return DASH
     if diff.low is None:
-        return f"{number(diff.mean, True)} (n={diff.n}, no CI)"
-    return f"{number(diff.mean, True)} [{number(diff.low, True)}, {number(diff.high, True)}]"
+        return f"{number(diff.mean, signed)} (n={diff.n}, no CI)"
+    return (f"{number(diff.mean, signed)} [{number(diff.low, signed)}, "
+            f"{number(diff.high, signed)}]")
 
 
 def _trials_cell(row: LossRow) -> str:

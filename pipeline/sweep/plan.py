@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..params import ParamsError, load_params, lookup, parse_section
+from ..params import ParamsError, check_schedule, load_params, lookup, parse_section
 from ..pretrain import (
     MissingPretrain,
     StartingPoint,
@@ -96,15 +96,7 @@ class ConvergenceParams:
                               f"{', '.join(CONVERGENCE_STARTS)}, got '{self.start}'")
         if len(set(self.losses)) != len(self.losses):
             raise ParamsError(f"params.yaml: {where}.losses has duplicates: {self.losses}")
-        for key in ("iterations", "val_interval"):
-            if getattr(self, key) < 1:
-                raise ParamsError(f"params.yaml: {where}.{key} must be >= 1, got "
-                                  f"{getattr(self, key)}")
-        if self.val_interval > self.iterations:
-            raise ParamsError(f"params.yaml: {where}.val_interval ({self.val_interval}) is "
-                              f"longer than {where}.iterations ({self.iterations})")
-        if self.lr is not None and not self.lr > 0:
-            raise ParamsError(f"params.yaml: {where}.lr must be > 0 or null, got {self.lr}")
+        check_schedule(self, where)
 
 
 @dataclass

@@ -118,3 +118,41 @@ def test_kill_9_of_dvc_repro_during_the_pretraining_then_repro_resumes_it(tmp_pa
     assert all(t["history"][0]["mIoU"] == summary["mIoU"] for t in results(repo)["trials"])
     assert "up to date" in dvc(repo, "status").stdout
     covered("faults injected", "kill -9 of dvc repro during the pre-training")
+
+
+def test_kill_9_during_the_convergence_arm_then_repro_resumes_it(tmp_path, covered):
+    """The convergence arm's trials are the sweep's: killed among them, the rerun keeps the
+    finished ones (of both arms) and trains the rest, and MLflow tags each run with its arm."""
+    arm = {"losses": ["ce", "pixiou"], "iterations": 40, "val_interval": 10}
+    repo = project_copy(tmp_path / "repo", reduced_study(max_concurrent_trials=1,
+                                                         convergence=arm))
+    run = subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "repro"], cwd=repo,
+                           env=STAGE_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    deadline = time.time() + 600
+    while not any("convergence_" in str(p) for p in summaries(repo)):
+        assert run.poll() is None, "dvc repro ended before a convergence trial finished"
+        assert time.time() < deadline, "no convergence trial finished in 10 minutes"
+        time.sleep(0.5)
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    finished_before = settled(repo)
+    assert 1 <= sum("convergence_" in str(p) for p in finished_before) < 4
+    assert not (repo / "results/synthetic_voc.json").exists()
+
+    again = dvc(repo, "repro", check=True)
+    assert f"8 trials, {len(finished_before)} already done" in again.stdout
+    after = summaries(repo)
+    assert len(after) == 8
+    assert all(after[p] == stamp for p, stamp in finished_before.items())  # not retrained
+    trials = results(repo)["trials"]
+    assert sorted(t["arm"] for t in trials) == ["convergence"] * 4 + ["finetune"] * 4
+    assert all(t["status"] == "finished" for t in trials)
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("pixiou-study")
+    tagged = client.search_runs([experiment.experiment_id], "tags.arm = 'convergence'")
+    assert sorted(r.data.tags["pixiou.trial_key"] for r in tagged) == \
+        sorted(t["key"] for t in trials if t["arm"] == "convergence")
+    assert "how fast the losses learn (convergence arm)" in \
+        (repo / "reports/tables.md").read_text()
+    covered("faults injected", "kill -9 of dvc repro during the convergence arm")
