@@ -468,9 +468,9 @@ def test_the_convergence_arm_gets_its_table_figure_plots_and_claim(tmp_path):
         return record
 
     trials = [t for t in FIXTURE_TRIALS if t["loss"] != "pixiou"]
-    trials += [arm("ce", s, [20.0, 40.0, 50.0]) for s in range(3)]  # threshold 0.9 * 50 = 45
+    trials += [arm("ce", s, [20.0, 40.0, 50.0]) for s in range(3)]  # 20 + 0.9 * 30 = 47
     trials += [arm("lovasz", s, [20.0, 25.0 + s, 30.0]) for s in range(3)]  # never reaches
-    trials += [arm("pixiou", s, [20.0, 45.0 + s, 50.0]) for s in range(3)]  # reaches at 10
+    trials += [arm("pixiou", s, [20.0, 45.0 + s, 50.0]) for s in range(3)]  # 47 by 10 to 14
     write_results(tmp_path / "results", trials)
     params = report_params(tmp_path, claims=[
         {"better": "pixiou", "worse": "lovasz", "metric": "mIoU-AUC", "arm": "convergence",
@@ -482,8 +482,8 @@ def test_the_convergence_arm_gets_its_table_figure_plots_and_claim(tmp_path):
     assert main(["--params", str(params)]) == 0
     md = (tmp_path / "reports/tables.md").read_text()
     assert "### synthetic_voc: how fast the losses learn (convergence arm)" in md
-    # CE crosses 45 halfway between 40 (at 10) and 50 (at 20): iteration 15 on every seed
-    assert "| CE | 3/3 | 20.00 | 50.00 [50.00, 50.00] | 15.00 [15.00, 15.00] |" in md
+    # CE crosses 47 at 7/10 of the way from 40 (at 10) to 50 (at 20): iteration 17
+    assert "| CE | 3/3 | 20.00 | 50.00 [50.00, 50.00] | 17.00 [17.00, 17.00] |" in md
     assert "| Lovász-Softmax | 3/3 | 20.00 | 30.00 [30.00, 30.00] | — (0/3 reached) |" in md
     # mIoU-AUC by hand: CE (10 * 30 + 10 * 45) / 20 = 37.5
     assert "| 37.50 [37.50, 37.50] | — |" in md
