@@ -142,8 +142,8 @@ def test_the_documented_commands_run_as_written(tmp_path):
     assert "sweep FINISHED" in said["make status"]
     assert "results fetched" in said["python -m pipeline.sweep synthetic_voc --fetch"]
     assert (repo / "dvc_plots" / "index.html").is_file()
-    # pixiou is not in this study's sweep: the variant trains nothing
-    assert "2 trials, 2 already done, 0 to run" in \
+    # pixiou is in neither arm of this study's sweep: the variant trains nothing
+    assert "4 trials, 4 already done, 0 to run" in \
         said["dvc exp run -S 'train.losses.pixiou.terms.0.loss_weight=0.5'"]
     assert "url = s3://my-bucket/pixiou/dvc" in (repo / ".dvc" / "config").read_text()
 

@@ -287,6 +287,6 @@ def test_the_pretrain_stage_under_dvc_repro(tmp_path):
     assert model.read_bytes() == trained
     # The pre-training's own params: the pre-training and everything after it
     again = dvc(repo, "exp", "run", "-S", "pretrain.iterations=2", "-S",
-                "pretrain.val_interval=1", check=True)
+                "pretrain.val_interval=1", "-S", "pretrain.early_iteration=1", check=True)
     assert ran(again) == {"pretrain@synthetic_voc", "sweep@synthetic_voc", "report"}
     assert model.read_bytes() != trained
