@@ -132,15 +132,25 @@ def convergence_table(results: DatasetResults, rows: list[ConvergenceRow],
                  body, notes, f"tab:{results.dataset}-convergence")
 
 
-def band_csv(losses: LossResults, confidence: float) -> str:
-    """iteration, mean mIoU over the finished seeds, its interval, seeds: the curve's band."""
+def curve_band(losses: LossResults, confidence: float) -> list[tuple[int, float, float, float,
+                                                                     int]]:
+    """(iteration, mean mIoU over the finished seeds, low, high, seeds) at each evaluation: the
+    curve with its interval over the seeds (low = high = mean where one seed gives none)."""
     points: dict[int, list[float]] = {}
     for trial in losses.chosen().values():
         for iteration, value in trial.curve(MIOU):
             points.setdefault(iteration, []).append(value)
-    lines = ["iteration,mIoU,low,high,seeds"]
+    band = []
     for iteration, values in sorted(points.items()):
-        band = mean_interval(values, confidence)
-        low, high = (band.low, band.high) if band.low is not None else (band.mean, band.mean)
-        lines.append(f"{iteration},{band.mean:.4f},{low:.4f},{high:.4f},{len(values)}")
+        mean = mean_interval(values, confidence)
+        low, high = (mean.low, mean.high) if mean.low is not None else (mean.mean, mean.mean)
+        band.append((iteration, mean.mean, low, high, len(values)))
+    return band
+
+
+def band_csv(losses: LossResults, confidence: float) -> str:
+    """The curve's band (`curve_band`) as DVC plot data."""
+    lines = ["iteration,mIoU,low,high,seeds"]
+    lines += [f"{i},{mean:.4f},{low:.4f},{high:.4f},{n}"
+              for i, mean, low, high, n in curve_band(losses, confidence)]
     return "\n".join(lines) + "\n"

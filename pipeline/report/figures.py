@@ -10,8 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ..measures import IMAGE_MIOU, MIOU  # noqa: E402
-from ..stats import mean_interval  # noqa: E402
 from .compare import LossRow  # noqa: E402
+from .convergence import curve_band  # noqa: E402
 from .gradients import CASES, COLUMNS, SETTINGS  # noqa: E402
 from .results import FINISHED, DatasetResults  # noqa: E402
 
@@ -92,20 +92,14 @@ def convergence_curves(studies: list[tuple[DatasetResults, float | None]], confi
     fig, axes = plt.subplots(1, len(studies), figsize=(5.5 * len(studies), 4.2), squeeze=False)
     for ax, (results, threshold) in zip(axes[0], studies, strict=True):
         for x, losses in enumerate(results.convergence):
-            points: dict[int, list[float]] = {}
-            for trial in losses.chosen().values():
-                for iteration, value in trial.curve(MIOU):
-                    points.setdefault(iteration, []).append(value)
-            if not points:
+            band = curve_band(losses, confidence)
+            if not band:
                 continue
-            iterations = sorted(points)
-            bands = [mean_interval(points[i], confidence) for i in iterations]
+            iterations, means, lows, highs, _ = zip(*band, strict=True)
             colour = COLOURS[x % len(COLOURS)]
-            ax.plot(iterations, [b.mean for b in bands], "-", color=colour, lw=1.5,
+            ax.plot(iterations, means, "-", color=colour, lw=1.5,
                     label=f"{losses.name} ({len(losses.chosen())} seeds)")
-            ax.fill_between(iterations, [b.low if b.low is not None else b.mean for b in bands],
-                            [b.high if b.high is not None else b.mean for b in bands],
-                            color=colour, alpha=0.2, lw=0)
+            ax.fill_between(iterations, lows, highs, color=colour, alpha=0.2, lw=0)
         if threshold is not None:
             ax.axhline(threshold, color="black", lw=0.8, ls="--", label="threshold")
         ax.set_xlabel("iteration")
