@@ -17,7 +17,8 @@ What that guarantees: on CPU, the same seed, data, code and worker count give bi
 runs (tested). On GPU the remaining non-deterministic ops (the backward of bilinear upsampling
 and adaptive pooling, which accumulate with atomics) make runs differ in the last bits, which
 can grow over thousands of iterations: a seed fixes the data order, augmentation and
-initialisation, not every float.
+initialisation, not every float. So on GPU `train.deterministic: true` stops at the seed and
+lets cuDNN benchmark its kernels; `strict` applies everything above there too.
 """
 from __future__ import annotations
 
@@ -27,11 +28,23 @@ from dataclasses import dataclass, field
 CUBLAS_WORKSPACE = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
 
 
+#: train.deterministic: False (torch's and mmseg's defaults), True (seeded; on CPU also the
+#: deterministic kernels, which cost nothing there) or "strict" (also on GPU: every setting above,
+#: paid for in throughput).
+STRICT = "strict"
+
+
+def check_mode(mode: bool | str, where: str = "train.deterministic") -> None:
+    if not (mode is True or mode is False or mode == STRICT):
+        raise ValueError(f"params.yaml: {where} must be true, false or {STRICT}, got {mode!r}")
+
+
 @dataclass(frozen=True)
 class Determinism:
-    """The settings one run applies; `deterministic=False` leaves torch's and mmseg's defaults."""
+    """The settings one run applies; `deterministic=False` leaves torch's and mmseg's defaults
+    (the seed is always set: mmengine's `randomness.seed`)."""
 
-    deterministic: bool
+    deterministic: bool  # deterministic kernels and no cuDNN benchmarking
     warn_only: bool = True  # an op with no deterministic kernel warns, never raises
     env: dict[str, str] = field(default_factory=dict)
 
@@ -61,7 +74,13 @@ class Determinism:
         torch.use_deterministic_algorithms(self.torch_algorithms, warn_only=self.warn_only)
 
 
-def determinism(deterministic: bool, on_gpu: bool) -> Determinism:
-    """The settings for a run of `train.deterministic` on CPU or on GPU."""
-    return Determinism(deterministic,
-                       env=dict(CUBLAS_WORKSPACE) if deterministic and on_gpu else {})
+def determinism(mode: bool | str, on_gpu: bool) -> Determinism:
+    """The settings for a run of `train.deterministic: mode` on CPU or on GPU.
+
+    On GPU, `true` keeps the seed and leaves cuDNN benchmarking on: the deterministic kernels
+    would not make GPU runs bit-identical anyway (see above) and cost throughput; `strict`
+    asks for them all the same. On CPU `true` and `strict` are the same: bit-identical runs.
+    """
+    check_mode(mode)
+    kernels = mode == STRICT if on_gpu else bool(mode)
+    return Determinism(kernels, env=dict(CUBLAS_WORKSPACE) if kernels and on_gpu else {})

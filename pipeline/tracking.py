@@ -23,8 +23,9 @@ from importlib import metadata
 from pathlib import Path
 
 from .measures import METRICS
-from .params import ParamsError
+from .params import ParamsError, in_project
 from .train import RESULT_FILES
+from .watch import RUN_METRICS, SYSTEM_PREFIX
 
 SWEEP_KEY = "pixiou.sweep_key"
 TRIAL_KEY = "pixiou.trial_key"
@@ -33,7 +34,14 @@ PARENT = "mlflow.parentRunId"
 GIT_COMMIT = "mlflow.source.git.commit"
 PACKAGES = ("torch", "mmengine", "mmcv", "mmsegmentation", "ray", "mlflow", "dvc", "numpy")
 SECRET_NAME = re.compile(r"PASSWORD|PASSWD|TOKEN|SECRET|KEY|CREDENTIAL|AUTH", re.IGNORECASE)
-LIVE_METRICS = (*METRICS, "loss")
+LIVE_METRICS = (*METRICS, "loss", *RUN_METRICS)
+
+
+def live_metrics(record: dict) -> dict[str, float]:
+    """What MLflow logs of an evaluation record: the measures, the training loss, the run's
+    lr, timings and memory, and its system metrics (system/...), where present."""
+    return {k: float(v) for k, v in record.items() if v is not None and k != "iteration"
+            and (k in LIVE_METRICS or k.startswith(SYSTEM_PREFIX))}
 NOTE = "mlflow.note.content"  # what the UI shows as a run's description
 
 
@@ -79,7 +87,13 @@ class TrackingError(RuntimeError):
 
 
 def tracking_uri(params: TrackingParams) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or params.uri
+    """MLFLOW_TRACKING_URI, else tracking.uri; a relative sqlite file from the project's root
+    (pipeline.params.in_project: a queued DVC experiment logs to the repository's store)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or params.uri
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+        uri = prefix + str(in_project(uri[len(prefix):]).resolve())
+    return uri
 
 
 def environment_secrets() -> list[str]:
@@ -171,7 +185,7 @@ class Tracker:
             if experiment is not None:
                 self._experiment_id = experiment.experiment_id
             else:
-                location = (Path(self.params.artifacts).resolve().as_uri()
+                location = (in_project(self.params.artifacts).resolve().as_uri()
                             if self.is_local else None)
                 self._experiment_id = self.client.create_experiment(
                     self.params.experiment, artifact_location=location)
@@ -247,12 +261,13 @@ class Tracker:
         """The measures and the training loss at each record's iteration, each step once."""
         from mlflow.entities import Metric
 
+        values = [(int(record["iteration"]), live_metrics(record)) for record in records]
+        keys = {key for _, logged in values for key in logged}
         logged = {key: {m.step for m in self.client.get_metric_history(run_id, key)}
-                  for key in LIVE_METRICS}
+                  for key in keys}
         now = int(time.time() * 1000)
-        metrics = [Metric(key, float(record[key]), now, int(record["iteration"]))
-                   for record in records for key in LIVE_METRICS
-                   if record.get(key) is not None and int(record["iteration"]) not in logged[key]]
+        metrics = [Metric(key, value, now, step) for step, logged_now in values
+                   for key, value in logged_now.items() if step not in logged[key]]
         if metrics:
             self.client.log_batch(run_id, metrics=metrics)
 

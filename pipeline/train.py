@@ -27,25 +27,29 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .determinism import determinism
+from .determinism import check_mode, determinism
 from .measures import METRICS, PER_CLASS
 from .params import ParamsError, load_params, lookup, parse_section
+from .precision import AMP_DTYPES, PrecisionError, apply_amp, check_amp
 from .schedules import SCHEDULES, constant_lr, evaluate_subset
 from .study_losses import StudyLoss, check_registered, scaled_terms
+from .watch import RunWatch, keep_log
 
 SUMMARY = "summary.json"
 HISTORY = "eval_history.jsonl"
 #: What a finished run leaves for the study (besides its last checkpoint), written by rank 0.
 RESULT_FILES = (SUMMARY, HISTORY, "config.py", "confusion_matrix.png", "confusion_matrix.json",
-                "overlays")
+                "overlays", "logs")
+#: mmengine's text logs of the run (one per attempt), kept in the work dir under this folder.
+LOGS = "logs"
 #: Auxiliary heads keep mmseg's relative weight (0.4 in the model zoo) for the study's loss.
 DEFAULT_AUX_WEIGHT = 0.4
 #: What decides a run's numbers besides its spec and data: this code and the configs. A run's
 #: key (a sweep trial's, the pre-training's) hashes their content.
 TRAINING_CODE = ("pipeline/train.py", "pipeline/artifacts.py", "pipeline/metrics.py",
                  "pipeline/measures.py", "pipeline/study_losses.py", "pipeline/determinism.py",
-                 "pipeline/splits.py", "pipeline/schedules.py", "pipeline/losses",
-                 "mmseg_configs")
+                 "pipeline/splits.py", "pipeline/schedules.py", "pipeline/precision.py",
+                 "pipeline/watch.py", "pipeline/losses", "mmseg_configs")
 
 
 @dataclass
@@ -59,6 +63,9 @@ class TrainParams:
     custom_imports: list[str] = field(default_factory=list)
     iterations: int | None = None
     val_interval: int | None = None
+    # a full resume checkpoint every this many iterations (a multiple of val_interval; null:
+    # at every evaluation). On GPU each is ~0.5 GB uploaded: evaluate often, checkpoint less
+    checkpoint_interval: int | None = None
     batch_size: int | None = None
     lr: float | None = None
     # constant: the lr after a warmup of `warmup` iterations, to the end (fine-tuning, so the
@@ -66,8 +73,14 @@ class TrainParams:
     schedule: str = "config"
     warmup: int = 10
     val_subset: int | None = None  # evaluations while training score this many val images
-    deterministic: bool = True
+    # true: seeded (on CPU also deterministic kernels: bit-identical runs); strict: the
+    # deterministic kernels on GPU too, without cuDNN benchmarking (pipeline/determinism.py)
+    deterministic: bool | str = True
+    amp: str | None = None  # mixed precision: null, fp16 or bf16 (pipeline/precision.py)
     overlays: int = 4
+    # train.schedules.<dataset>: what each dataset changes of the values above (applied by
+    # pipeline.params.for_dataset where a stage reads one dataset's section)
+    schedules: dict[str, dict] = field(default_factory=dict)
 
     def validate(self, where: str) -> None:
         if not self.losses:
@@ -77,12 +90,24 @@ class TrainParams:
                               f"{', '.join(SCHEDULES)}, got '{self.schedule}'")
         if self.warmup < 0:
             raise ParamsError(f"params.yaml: {where}.warmup must be >= 0, got {self.warmup}")
-        for key in ("iterations", "val_interval", "batch_size", "lr", "val_subset"):
+        for key in ("iterations", "val_interval", "checkpoint_interval", "batch_size", "lr",
+                    "val_subset"):
             value = getattr(self, key)
             if value is not None and not value > 0:
                 raise ParamsError(f"params.yaml: {where}.{key} must be > 0 or null, got {value}")
         if self.overlays < 0:
             raise ParamsError(f"params.yaml: {where}.overlays must be >= 0, got {self.overlays}")
+        if self.checkpoint_interval is not None and self.val_interval is not None \
+                and self.checkpoint_interval % self.val_interval:
+            raise ParamsError(f"params.yaml: {where}.checkpoint_interval "
+                              f"({self.checkpoint_interval}) must be a multiple of "
+                              f"{where}.val_interval ({self.val_interval}): a checkpoint is the "
+                              "state an evaluation saw")
+        for check, key in ((check_mode, "deterministic"), (check_amp, "amp")):
+            try:
+                check(getattr(self, key), f"{where}.{key}")
+            except ValueError as error:
+                raise ParamsError(str(error)) from None
 
     def config_for(self, dataset: str) -> str:
         if dataset not in self.configs:
@@ -122,8 +147,10 @@ class RunSpec:
     lr: float | None = None
     iterations: int | None = None
     val_interval: int | None = None
+    checkpoint_interval: int | None = None  # None: at every evaluation
     batch_size: int | None = None
-    deterministic: bool = True
+    deterministic: bool | str = True  # pipeline/determinism.py
+    amp: str | None = None  # pipeline/precision.py
     overlays: int = 4
     threads: int | None = None  # torch intra-op threads; None leaves torch's default
     # Fine-tuning: the weights a fresh run starts from (a checkpoint file on this node). The
@@ -169,8 +196,10 @@ def apply_loss(model: dict, terms: list[dict]) -> None:
         head["loss_decode"] = scaled_terms(terms, _aux_weight(head))
 
 
-def set_iterations(cfg, iterations: int, val_interval: int | None) -> None:
-    """Change the schedule's length; schedulers that ended with it end with the new one."""
+def set_iterations(cfg, iterations: int, val_interval: int | None,
+                   checkpoint_interval: int | None = None) -> None:
+    """Change the schedule's length; schedulers that ended with it end with the new one. The
+    checkpoints come at `checkpoint_interval` (default: every evaluation), and at the end."""
     old = cfg.train_cfg.max_iters
     cfg.train_cfg.max_iters = iterations
     for scheduler in cfg.get("param_scheduler") or []:
@@ -180,7 +209,7 @@ def set_iterations(cfg, iterations: int, val_interval: int | None) -> None:
             scheduler["begin"] = 0
     interval = val_interval or min(cfg.train_cfg.get("val_interval", iterations), iterations)
     cfg.train_cfg.val_interval = interval
-    cfg.default_hooks.checkpoint.interval = interval
+    cfg.default_hooks.checkpoint.interval = min(checkpoint_interval or interval, iterations)
 
 
 def hold_out(cfg, every: int) -> None:
@@ -227,10 +256,13 @@ def build_config(spec: RunSpec, world_size: int = 1, on_gpu: bool = False,
     # Only the seed goes to mmengine: its `deterministic` would make torch raise at the first
     # CUDA backward of DeepLabV3+. pipeline/determinism.py applies the study's settings instead.
     cfg.randomness = dict(seed=spec.seed, deterministic=False)
-    if spec.deterministic and "env_cfg" in cfg:
+    if not determinism(spec.deterministic, on_gpu).cudnn_benchmark and "env_cfg" in cfg:
         cfg.env_cfg.cudnn_benchmark = False  # mmseg's runtime turns benchmarking on
-    if spec.iterations is not None or spec.val_interval is not None:
-        set_iterations(cfg, spec.iterations or cfg.train_cfg.max_iters, spec.val_interval)
+    if spec.iterations is not None or spec.val_interval is not None or \
+            spec.checkpoint_interval is not None:
+        set_iterations(cfg, spec.iterations or cfg.train_cfg.max_iters, spec.val_interval,
+                       spec.checkpoint_interval)
+    apply_amp(cfg, spec.amp, on_gpu)
     if spec.schedule == "constant":
         constant_lr(cfg, min(spec.warmup, cfg.train_cfg.max_iters))
     if spec.lr is not None:
@@ -465,6 +497,8 @@ def _study_hook_class():
             self.history: list[dict] = []
             self._loss_sum = 0.0
             self._loss_count = 0
+            # lr, timings, memory and (rank 0) system metrics of each evaluation
+            self.watch = RunWatch(sample_system=training and is_main_process())
 
         def before_train(self, runner) -> None:
             # After a resume, keep the evaluations up to the checkpoint the run resumed from.
@@ -473,6 +507,7 @@ def _study_hook_class():
                 self.history = [r for r in map(json.loads, lines) if r["iteration"] <= runner.iter]
             if is_main_process():
                 self._write_history()
+            self.watch.start(runner.iter)
             if self.evaluate_start and runner.iter == 0 and not self.history:
                 # The weights it starts from, on the data it is evaluated on: iteration 0 of
                 # a fine-tuning run (and of its curves) is where the pre-training ended.
@@ -525,9 +560,17 @@ def _study_hook_class():
             if is_main_process():
                 self._write_history()
             if self.reporter is not None and runner.iter < runner.max_iters:
-                # mmengine saved this iteration's checkpoint just before validating
+                # mmengine saved a checkpoint just before validating when this iteration is a
+                # checkpoint's (train.checkpoint_interval); the others report values only
                 saved = last_checkpoint(self.work_dir) if is_main_process() else None
+                if saved is not None and saved.stem != f"iter_{runner.iter}":
+                    saved = None
+                elif saved is not None:
+                    keep_log(runner, self.work_dir, LOGS)  # travels with the checkpoint
                 self.reporter.evaluation(self.record(), saved)
+
+        def after_train(self, runner) -> None:
+            self.watch.stop()
 
         def _record(self, runner, metrics: dict) -> dict:
             return {
@@ -535,6 +578,8 @@ def _study_hook_class():
                 **{m: float(metrics[m]) for m in METRICS},
                 "loss": self._loss_sum / self._loss_count if self._loss_count else None,
                 "world_size": get_world_size(),
+                **(self.watch.run_metrics(runner) if runner.iter else {}),
+                **self.watch.system(),
                 "per_class": {k: float(v) for k, v in metrics.items()
                               if k.split(".", 1)[0] in PER_CLASS.values()},
             }
@@ -609,6 +654,7 @@ def run(spec: RunSpec, reporter: Reporter | None = None) -> dict:
                                     **{k: hook.history[-1][k] for k in METRICS}}
         if is_main_process():
             cfg.dump(str(work_dir / "config.py"))
+            keep_log(runner, work_dir, LOGS)
             hook.artifacts.write(work_dir)  # from the final evaluation
             tmp = work_dir / (SUMMARY + ".tmp")
             tmp.write_text(json.dumps(summary, indent=2) + "\n")
@@ -681,7 +727,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--val-subset", type=int, help="evaluate the first N validation "
                         "images while training, all of them at the end")
-    parser.add_argument("--params", default="params.yaml", help="for train.losses")
+    parser.add_argument("--checkpoint-interval", type=int,
+                        help="a multiple of --val-interval (default: every evaluation)")
+    parser.add_argument("--amp", choices=AMP_DTYPES, help="mixed precision (GPU: fp16 or "
+                        "bf16; CPU: bf16 under CPU autocast); default: params.yaml train.amp")
+    parser.add_argument("--params", default="params.yaml",
+                        help="for train.losses, train.amp and train.deterministic")
     args = parser.parse_args(argv)
     try:
         params = load_train_params(args.params)
@@ -691,17 +742,22 @@ def main(argv: list[str] | None = None) -> int:
             raise ParamsError(f"{args.config}: config not found")
         if args.seed < 0:
             raise ParamsError(f"--seed must be >= 0, got {args.seed}")
+        if args.checkpoint_interval and args.val_interval and \
+                args.checkpoint_interval % args.val_interval:
+            raise ParamsError(f"--checkpoint-interval ({args.checkpoint_interval}) must be a "
+                              f"multiple of --val-interval ({args.val_interval})")
         spec = RunSpec(
             config=args.config, loss=args.loss, terms=params.terms_of(args.loss, "--loss"),
             seed=args.seed, data_root=args.data_root, lr=args.lr, iterations=args.iterations,
-            val_interval=args.val_interval, batch_size=args.batch_size,
+            val_interval=args.val_interval, checkpoint_interval=args.checkpoint_interval,
+            batch_size=args.batch_size, amp=args.amp or params.amp,
             deterministic=params.deterministic, overlays=params.overlays,
             init_checkpoint=args.init_checkpoint, custom_imports=tuple(params.custom_imports),
             schedule=args.schedule, warmup=args.warmup, val_subset=args.val_subset,
             work_dir=args.work_dir or f"work_dirs/{Path(args.config).stem}/"
                                       f"{args.loss}_seed{args.seed}")
         summary = run(spec)
-    except (ParamsError, PretrainedWeightsError) as error:
+    except (ParamsError, PretrainedWeightsError, PrecisionError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(json.dumps({**{k: summary[k] for k in (*METRICS, "iterations", "wall_time_s")},

@@ -11,7 +11,7 @@ import warnings
 import pytest
 import torch
 
-from pipeline.determinism import CUBLAS_WORKSPACE, determinism
+from pipeline.determinism import CUBLAS_WORKSPACE, STRICT, determinism
 from pipeline.train import RunSpec, run
 from tests.test_train import TINY_VOC
 
@@ -34,13 +34,31 @@ def nondeterministic_op() -> None:
 
 
 def test_the_settings_chosen_for_a_cuda_run():
-    gpu = determinism(True, on_gpu=True)
+    gpu = determinism(STRICT, on_gpu=True)
     assert gpu.torch_algorithms and gpu.warn_only
     assert gpu.cudnn_deterministic and not gpu.cudnn_benchmark
     assert gpu.env == {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"} == CUBLAS_WORKSPACE
-    cpu = determinism(True, on_gpu=False)
-    assert cpu.warn_only and cpu.env == {}
+    # true on GPU: the seed only; cuDNN benchmarks (GPU runs are not bit-identical anyway)
+    seeded = determinism(True, on_gpu=True)
+    assert not seeded.torch_algorithms and seeded.cudnn_benchmark and seeded.env == {}
+    for mode in (True, STRICT):  # on CPU both give bit-identical runs
+        cpu = determinism(mode, on_gpu=False)
+        assert cpu.torch_algorithms and cpu.warn_only and cpu.env == {}
     assert not determinism(False, on_gpu=True).torch_algorithms
+    with pytest.raises(ValueError, match="train.deterministic must be true, false or strict"):
+        determinism("yes", on_gpu=True)
+
+
+@pytest.mark.parametrize("mode, benchmark", [(True, True), (STRICT, False), (False, True)])
+def test_the_gpu_config_benchmarks_cudnn_unless_strict(tmp_path, mode, benchmark):
+    """What a GPU trial's config asks of cuDNN, and what MLflow records (the mode)."""
+    from pipeline.train import build_config
+
+    cfg = build_config(RunSpec(config="mmseg_configs/deeplabv3plus_r101-d8_4xb4-20k_"
+                                      "voc12aug-512x512.py", loss="ce", terms=[], seed=0,
+                               work_dir=str(tmp_path), deterministic=mode), on_gpu=True)
+    assert cfg.env_cfg.cudnn_benchmark is benchmark
+    assert cfg.randomness == {"seed": 0, "deterministic": False}
 
 
 def test_mmengine_deterministic_raises_where_the_study_settings_warn(torch_state):
@@ -50,7 +68,7 @@ def test_mmengine_deterministic_raises_where_the_study_settings_warn(torch_state
     with pytest.raises(RuntimeError, match="does not have a deterministic implementation"):
         nondeterministic_op()
 
-    determinism(True, on_gpu=True).apply()
+    determinism(STRICT, on_gpu=True).apply()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         nondeterministic_op()  # runs

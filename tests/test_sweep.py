@@ -75,7 +75,17 @@ def test_a_sweep_of_two_losses_fills_results_and_mlflow(tmp_path, tiny_data):
         history = client.get_metric_history(child.info.run_id, "mIoU")
         assert sorted(m.step for m in history) == [2, 4]  # every evaluation, once
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
-        assert {"config.py", "confusion_matrix.png", "overlays"} <= artifacts
+        assert {"config.py", "confusion_matrix.png", "overlays", "logs"} <= artifacts
+        # a trial you can watch: mmengine's log, and at each evaluation the run's lr, timings,
+        # memory and MLflow's system metrics (the UI's "System metrics" tab)
+        (log,) = client.list_artifacts(child.info.run_id, "logs")
+        assert log.path.endswith(".log") and log.file_size > 0
+        for key in ("lr", "s_per_iter", "data_time_s", "peak_memory_mb",
+                    "system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"):
+            steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, key))
+            assert steps == [2, 4], key
+        assert child.data.metrics["lr"] > 0 and child.data.metrics["s_per_iter"] > 0
+        assert child.data.params["amp"] == "fp32" and child.data.params["deterministic"] == "True"
         # what the UI shows: a description, and the dataset with its digest
         name = STUDY_LOSSES[trial["loss"]]["name"]
         assert child.data.params["loss_name"] == name
