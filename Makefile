@@ -23,8 +23,16 @@ TORCH_INDEX := $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL) --extra-in
 # torch and mmcv. The CPU build's mmcv wheel sits in pip's own cache; every other build's in a
 # cache of its own, so pip never hands one build's compiled mmcv to another.
 TORCH_BUILD := $(if $(TORCH_INDEX_URL),$(notdir $(patsubst %/,%,$(TORCH_INDEX_URL))),cpu)
-MMCV_STAMP := $(VENV)/.stamp-mmcv-$(TORCH_BUILD)
-MMCV_CACHE := $(if $(filter cpu,$(TORCH_BUILD)),,--cache-dir $(HOME)/.cache/pixiou-repro/pip-$(TORCH_BUILD))
+# A CUDA build compiles mmcv's ops for these GPU architectures. Unset, torch would compile for
+# the GPUs it sees, none in a container build. 7.0 V100, 8.0 A100, 8.6 A10/A40, 8.9 L4/L40,
+# 9.0 H100/H200, +PTX for later ones (JIT-compiled by the driver). Override as usual:
+# make install TORCH_INDEX_URL=... TORCH_CUDA_ARCH_LIST="9.0"
+TORCH_CUDA_ARCH_LIST ?= 7.0;8.0;8.6;8.9;9.0+PTX
+ARCH_KEY := $(if $(filter cpu,$(TORCH_BUILD)),,-sm$(subst ;,_,$(subst +PTX,ptx,$(subst .,,$(TORCH_CUDA_ARCH_LIST)))))
+MMCV_STAMP := $(VENV)/.stamp-mmcv-$(TORCH_BUILD)$(ARCH_KEY)
+# The built wheel's cache is keyed by the torch build and the architectures it was built for
+MMCV_CACHE := $(if $(filter cpu,$(TORCH_BUILD)),,--cache-dir $(HOME)/.cache/pixiou-repro/pip-$(TORCH_BUILD)$(ARCH_KEY))
+MMCV_ARCH := $(if $(filter cpu,$(TORCH_BUILD)),,TORCH_CUDA_ARCH_LIST="$(TORCH_CUDA_ARCH_LIST)" FORCE_CUDA=1)
 MMCV_JOBS ?= $(shell nproc)
 PYTEST_ARGS ?=
 # make ui: the MLflow UI of the study's store, on this machine only unless you say otherwise
@@ -36,7 +44,7 @@ export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PATH := $(CURDIR)/$(BIN):$(PATH)  # DVC stage commands run the venv's python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install install-dev browser repro test lint bench ui status clean
+.PHONY: help install install-dev browser repro test lint bench ui status clean plan gpu-check
 
 help:
 	@echo "make repro   install (.venv) and run the study: dvc repro"
@@ -44,6 +52,8 @@ help:
 	@echo "make bench   benchmarks: losses, training step, sweep parallel efficiency, evaluation cost (reports/bench/runs/)"
 	@echo "make ui      the MLflow UI of the study on http://127.0.0.1:5000 (UI_PORT=...)"
 	@echo "make status  where a running study stands (from MLflow and results/)"
+	@echo "make plan    what the study in params.yaml will cost (GPU-hours), before it starts"
+	@echo "make gpu-check  on a GPU machine: tests/gpu, the losses at GPU shapes, fp32 vs AMP"
 	@echo "make lint    ruff"
 
 $(BIN)/python:
@@ -61,7 +71,7 @@ $(MMCV_STAMP): constraints.txt | $(BIN)/python
 	@echo "    pip caches the built wheel: later installs reuse it in seconds."
 	@# mmcv's setup.py imports pkg_resources and torch: it builds in this env, with setuptools<70
 	$(PIP) install --quiet "setuptools<70"
-	MMCV_WITH_OPS=1 MAX_JOBS=$(MMCV_JOBS) $(PIP) install -v --no-build-isolation --force-reinstall \
+	MMCV_WITH_OPS=1 MAX_JOBS=$(MMCV_JOBS) $(MMCV_ARCH) $(PIP) install -v --no-build-isolation --force-reinstall \
 	  --no-deps $(MMCV_CACHE) mmcv==2.1.0 \
 	  2>&1 | tee $(VENV)/mmcv-build.log \
 	  | sed -nE -u 's#^ *(\[[0-9]+/[0-9]+\]).* -c [^ ]*/(mmcv/ops/[^ ]+).*#    \1 compiling \2#p; s#^ *(Using cached mmcv.*|Successfully installed.*|ERROR.*)#    \1#p'
@@ -133,6 +143,16 @@ bench: install
 ui: install
 	@echo ">>> MLflow UI of $(MLFLOW_STORE) on http://$(UI_HOST):$(UI_PORT) (Ctrl-C stops it)"
 	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_STORE) --host $(UI_HOST) --port $(UI_PORT)
+
+# What the study will cost: trials, evaluations, checkpoints and GPU-hours per dataset, from
+# params.yaml alone (no data, no Ray). PLAN_ARGS=--json for the same numbers as JSON.
+PLAN_ARGS ?=
+plan: install
+	@$(BIN)/python -m pipeline.plan $(PLAN_ARGS)
+
+# On a machine with a GPU (docs/gpu.md, "make gpu-check"): one report under reports/gpu/.
+gpu-check: install-dev
+	$(BIN)/python -m bench.gpu_check --out reports/gpu
 
 # Where a study that runs in another terminal stands. Reads only (no install: the study's venv).
 status:

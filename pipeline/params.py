@@ -6,6 +6,7 @@ key, a wrong type or a missing key fails the stage before any work, naming the k
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from pathlib import Path
@@ -15,7 +16,13 @@ import yaml
 
 PARAMS_FILE = Path("params.yaml")
 #: The study's sections; each is read by the stages that declare it in dvc.yaml.
-SECTIONS = ("study", "data", "datasets", "pretrain", "train", "sweep", "tracking", "report")
+SECTIONS = ("study", "data", "datasets", "pretrain", "train", "sweep", "tracking", "report",
+            "plan")
+#: What `train.schedules.<dataset>` may change, and the section each key belongs to.
+SCHEDULE_KEYS = {"iterations": "train", "val_interval": "train",
+                 "checkpoint_interval": "train", "val_subset": "train", "batch_size": "train",
+                 "lr": "train", "warmup": "train", "schedule": "train", "amp": "train",
+                 "gpus_per_trial": "sweep", "convergence": "sweep"}
 T = TypeVar("T")
 
 
@@ -123,3 +130,45 @@ def check_schedule(section: Any, where: str) -> None:
                           f"longer than {where}.iterations ({section.iterations})")
     if section.lr is not None and not section.lr > 0:
         raise ParamsError(f"params.yaml: {where}.lr must be > 0 or null, got {section.lr}")
+
+
+def for_dataset(params: dict, dataset: str) -> dict:
+    """params with `train.schedules.<dataset>` applied: the keys it sets replace those of
+    `train` (and `sweep.gpus_per_trial`; `convergence` those of `sweep.convergence`), so each
+    dataset trains at its own scale. The other datasets' schedules play no part."""
+    train = dict(lookup(params, "train"))
+    schedules = train.pop("schedules", None) or {}
+    if not isinstance(schedules, dict):
+        raise ParamsError(f"params.yaml: train.schedules must be a mapping of dataset keys, "
+                          f"got {schedules!r}")
+    schedule = schedules.get(dataset) or {}
+    if not isinstance(schedule, dict):
+        raise ParamsError(f"params.yaml: train.schedules.{dataset} must be a mapping, got "
+                          f"{schedule!r}")
+    unknown = sorted(set(schedule) - set(SCHEDULE_KEYS))
+    if unknown:
+        raise ParamsError(f"params.yaml: unknown key 'train.schedules.{dataset}.{unknown[0]}' "
+                          f"(a dataset's schedule may set: {', '.join(SCHEDULE_KEYS)})")
+    sweep = dict(params.get("sweep") or {})
+    for key, value in schedule.items():
+        if key == "convergence":
+            if not isinstance(value, dict):
+                raise ParamsError(f"params.yaml: train.schedules.{dataset}.convergence must be "
+                                  f"a mapping, got {value!r}")
+            sweep["convergence"] = {**(sweep.get("convergence") or {}), **value}
+        else:
+            (train if SCHEDULE_KEYS[key] == "train" else sweep)[key] = value
+    return {**params, "train": train, "sweep": sweep}
+
+
+def in_project(path: str | Path) -> Path:
+    """A relative path of params.yaml (a store, a folder), from the project's root.
+
+    That is the DVC repository a stage runs for (`DVC_ROOT`, which DVC sets for every stage
+    command): the checkout itself under `dvc repro`, and, under `dvc queue start`, the
+    repository the experiment was queued in rather than the temporary copy it runs in. So
+    queued variants of the study share the sweep's storage (finished trials are reused) and
+    MLflow's store (no run is lost with the copy). Elsewhere, the working directory.
+    """
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else Path(os.environ.get("DVC_ROOT") or ".") / path

@@ -24,28 +24,12 @@ import yaml
 from ..data.validate import manifest_hash
 from ..params import ParamsError
 
-SOURCES = ("path", "dvc")
 #: Remote options that may hold credentials: they stay in the nodes' own DVC/AWS settings.
 SECRET_OPTION = re.compile(r"key|secret|token|password|credential", re.IGNORECASE)
 
 
 class DatasetMismatch(RuntimeError):
     """A node's dataset is not the version that the trial was keyed for."""
-
-
-@dataclass
-class DataSourceParams:
-    """params.yaml: sweep.data."""
-
-    source: str = "path"
-    path: str | None = None  # source 'path': a folder holding <dataset>/; null: data.root
-    remote: str | None = None  # source 'dvc': a remote of .dvc/config; null: its default
-    cache: str = "~/.cache/pixiou-repro/datasets"  # source 'dvc': node-local
-
-    def validate(self, where: str) -> None:
-        if self.source not in SOURCES:
-            raise ParamsError(f"params.yaml: {where}.source must be one of {SOURCES}, got "
-                              f"'{self.source}'")
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,11 @@ import time
 from pathlib import Path
 
 from ..measures import METRICS
+from ..plan import check_budget
 from ..pretrain import MODEL
 from ..progress import Progress
 from ..study_losses import canonical
-from ..tracking import DatasetRecord, Tracker
+from ..tracking import DatasetRecord, Tracker, live_metrics
 from ..train import RESULT_FILES
 from .cluster import (
     check_cluster_resources,
@@ -76,7 +77,11 @@ class SweepTracking:
                   "loss_name": self.study.train.losses[spec.loss].name,
                   "loss_terms": canonical(spec.terms),
                   "arm": trial.arm, "schedule": spec.schedule,
-                  "val_interval": spec.val_interval, "protocol": trial.start.protocol,
+                  "val_interval": spec.val_interval,
+                  "checkpoint_interval": spec.checkpoint_interval or spec.val_interval,
+                  "amp": spec.amp or "fp32", "deterministic": spec.deterministic,
+                  "gpus_per_trial": self.study.sweep.gpus_per_trial,
+                  "protocol": trial.start.protocol,
                   "init_checkpoint_sha256": trial.start.sha256,
                   "init_checkpoint_mIoU": trial.start.mIoU}
         # The arm is a tag too: the UI's search (tags.arm = 'convergence') separates the arms
@@ -166,7 +171,8 @@ def _tune_callback(tracking: SweepTracking, trials: dict[str, Trial], progress: 
                     tracking.child(ours), {"nodes": result["nodes"]}))
             if "mIoU" not in result:
                 return
-            record = {k: result.get(k) for k in ("iteration", *METRICS, "loss", "world_size")}
+            record = {"iteration": result.get("iteration"), "world_size": result.get("world_size"),
+                      **{k: result.get(k) for k in (*METRICS, "loss")}, **live_metrics(result)}
             history = self.history.setdefault(ours.key, [])
             history[:] = [h for h in history if h["iteration"] != record["iteration"]]
             history.append(record)
@@ -263,6 +269,7 @@ def _run_tuner(study: Study, pending: list[Trial], tracking: SweepTracking):
                  "data": study.data.to_dict(), "storage": study.storage.uri,
                  "workers": study.sweep.workers, "use_gpu": study.sweep.use_gpu,
                  "cpus_per_worker": study.sweep.cpus_per_worker,
+                 "gpus_per_worker": study.sweep.gpus_per_worker,
                  "start": t.start.identity()} for t in pending]
         concurrent = concurrency(study.sweep, len(pending))
         scheduler = None
@@ -333,6 +340,7 @@ def _reconcile(tracking: SweepTracking, trials: list[Trial], records: list[dict]
 
 def run_sweep(dataset: str, params_file: Path | str = "params.yaml",
               results_dir: Path = RESULTS_DIR) -> dict:
+    check_budget(dataset, params_file)  # before data, storage, MLflow or Ray
     study = load_study(dataset, params_file, on_cluster=on_cluster())
     if not on_cluster():
         check_local_resources(study.sweep)

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..params import ParamsError, check_schedule, load_params, lookup, parse_section
+from ..params import ParamsError, for_dataset, load_params, lookup, parse_section
 from ..pretrain import (
     MissingPretrain,
     StartingPoint,
@@ -22,11 +21,17 @@ from ..pretrain import (
     starting_point,
 )
 from ..scaling import BatchPlan, plan_batch
+from ..sweep_params import (  # noqa: F401 - the section's schema, where the sweep's code finds it
+    CONVERGENCE_STARTS,
+    ConvergenceParams,
+    DataSourceParams,
+    LRSearchParams,
+    SweepParams,
+)
 from ..tracking import TrackingParams
 from ..train import RunSpec, TrainParams, code_fingerprint
 from .datasets import (
     DatasetVersion,
-    DataSourceParams,
     locked_output,
     manifest_hash,
     remote_settings,
@@ -37,120 +42,6 @@ STOPPED = "stopped.json"
 #: The study's arms: fine-tuning a converged CE model (the papers' protocol, the claims on final
 #: values), and training from an under-trained start (how fast each loss learns).
 FINETUNE, CONVERGENCE = "finetune", "convergence"
-CONVERGENCE_STARTS = ("early", "scratch")
-
-
-@dataclass
-class LRSearchParams:
-    """params.yaml: sweep.lr_search. samples > 0 adds that many log-uniform learning rates per
-    (loss, seed), and ASHA stops the trials that fall behind on mIoU."""
-
-    samples: int = 0
-    low: float = 1.0e-3
-    high: float = 3.0e-2
-    seed: int = 0
-    grace_period: int = 100
-    reduction_factor: int = 3
-    # the lr is chosen (and ASHA stops trials) on every k-th training image, held out of
-    # training; the validation set the tables report is scored only at the end
-    holdout_every: int = 5
-
-    def validate(self, where: str) -> None:
-        if self.samples < 0:
-            raise ParamsError(f"params.yaml: {where}.samples must be >= 0, got {self.samples}")
-        if not 0 < self.low < self.high:
-            raise ParamsError(f"params.yaml: {where}: need 0 < low < high, got "
-                              f"low={self.low}, high={self.high}")
-        if self.grace_period < 1 or self.reduction_factor < 2:
-            raise ParamsError(f"params.yaml: {where}: grace_period must be >= 1 and "
-                              "reduction_factor >= 2")
-        if self.holdout_every < 2:
-            raise ParamsError(f"params.yaml: {where}.holdout_every must be >= 2 (every k-th "
-                              f"training image is held out), got {self.holdout_every}")
-
-    def rates(self) -> list[float | None]:
-        if self.samples == 0:
-            return [None]
-        import numpy as np
-
-        draws = np.random.default_rng(self.seed).uniform(math.log(self.low),
-                                                         math.log(self.high), self.samples)
-        return [float(f"{math.exp(x):.3g}") for x in draws]
-
-
-@dataclass
-class ConvergenceParams:
-    """params.yaml: sweep.convergence. The convergence arm (Yu et al. 2021: learning over IoU
-    converges more slowly): its losses, each for every seed of sweep.seeds, trained from an
-    under-trained start with frequent evaluations, at a constant learning rate."""
-
-    losses: list[str] = field(default_factory=list)  # [] leaves the arm out
-    start: str = "early"  # early: the pre-training's weights at pretrain.early_iteration
-    iterations: int = 100
-    val_interval: int = 10
-    lr: float | None = None  # null: the config's (what the pre-training trains with)
-
-    def validate(self, where: str) -> None:
-        if self.start not in CONVERGENCE_STARTS:
-            raise ParamsError(f"params.yaml: {where}.start must be one of "
-                              f"{', '.join(CONVERGENCE_STARTS)}, got '{self.start}'")
-        if len(set(self.losses)) != len(self.losses):
-            raise ParamsError(f"params.yaml: {where}.losses has duplicates: {self.losses}")
-        check_schedule(self, where)
-
-
-@dataclass
-class SweepParams:
-    """params.yaml: sweep."""
-
-    losses: list[str]
-    seeds: list[int]
-    gpus_per_trial: int = 0
-    cpu_workers_per_trial: int = 1
-    cpus_per_worker: int = 1
-    max_concurrent_trials: int | None = None
-    max_failures: int = 1
-    scale_lr: bool = False
-    storage: str = "work_dirs/sweeps"  # a path, or an object store URI (s3://bucket/prefix)
-    data: DataSourceParams = field(default_factory=DataSourceParams)
-    lr_search: LRSearchParams = field(default_factory=LRSearchParams)
-    convergence: ConvergenceParams = field(default_factory=ConvergenceParams)
-
-    def validate(self, where: str) -> None:
-        if not self.losses:
-            raise ParamsError(f"params.yaml: {where}.losses is empty")
-        if len(set(self.losses)) != len(self.losses):
-            raise ParamsError(f"params.yaml: {where}.losses has duplicates: {self.losses}")
-        if not self.seeds:
-            raise ParamsError(f"params.yaml: {where}.seeds is empty")
-        for i, seed in enumerate(self.seeds):
-            if seed < 0:
-                raise ParamsError(f"params.yaml: {where}.seeds[{i}] must be >= 0, got {seed}")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ParamsError(f"params.yaml: {where}.seeds has duplicates: {self.seeds}")
-        if self.gpus_per_trial < 0:
-            raise ParamsError(f"params.yaml: {where}.gpus_per_trial must be >= 0")
-        if self.max_failures < -1:
-            raise ParamsError(f"params.yaml: {where}.max_failures must be >= 0, or -1 to retry "
-                              f"a crashed trial forever (Tune's convention), got "
-                              f"{self.max_failures}")
-        for key in ("cpu_workers_per_trial", "cpus_per_worker"):
-            if getattr(self, key) < 1:
-                raise ParamsError(f"params.yaml: {where}.{key} must be >= 1")
-        if self.max_concurrent_trials is not None and self.max_concurrent_trials < 1:
-            raise ParamsError(f"params.yaml: {where}.max_concurrent_trials must be >= 1 or null")
-
-    @property
-    def workers(self) -> int:
-        return self.gpus_per_trial or self.cpu_workers_per_trial
-
-    @property
-    def use_gpu(self) -> bool:
-        return self.gpus_per_trial > 0
-
-    def resources_per_trial(self) -> dict[str, int]:
-        """What a trial's workers hold, all on one node (STRICT_PACK)."""
-        return {"CPU": self.workers * self.cpus_per_worker, "GPU": self.gpus_per_trial}
 
 
 @dataclass(frozen=True)
@@ -211,8 +102,10 @@ def load_study(dataset: str, params_file: Path | str = "params.yaml",
     if dataset not in datasets:
         raise ParamsError(f"unknown dataset '{dataset}': params.yaml study.datasets is "
                           f"{datasets}")
+    params = for_dataset(params, dataset)  # its own schedule (train.schedules.<dataset>)
     train = parse_section(TrainParams, lookup(params, "train"), "train")
     sweep = parse_section(SweepParams, lookup(params, "sweep"), "sweep")
+    check_length(dataset, train, params)
     tracking = parse_section(TrackingParams, params.get("tracking", {}), "tracking")
     for where, losses in (("sweep.losses", sweep.losses),
                           ("sweep.convergence.losses", sweep.convergence.losses)):
@@ -229,6 +122,19 @@ def load_study(dataset: str, params_file: Path | str = "params.yaml",
             early_point(dataset, folder or pretrain_output(dataset, params))
     return Study(dataset, train, sweep, tracking, config, data, storage,
                  *config_batch_and_lr(config), start, convergence)
+
+
+def check_length(dataset: str, train: TrainParams, params: dict) -> None:
+    """A published model fine-tuned for `iterations: null` would rerun the config's whole
+    schedule (20k/80k iterations) in every trial: say what to set instead."""
+    published = (params.get("pretrain") or {}).get("published") or {}
+    protocol = (params.get("study") or {}).get("protocol", "finetune")
+    if train.iterations is None and protocol == "finetune" and dataset in published:
+        raise ParamsError(
+            f"params.yaml: train.schedules.{dataset}.iterations is null, so every trial would "
+            f"fine-tune the published {dataset} model for the config's whole schedule again. "
+            f"Set train.schedules.{dataset}.iterations (and val_interval, checkpoint_interval) "
+            "to the fine-tuning's length: docs/real-data.md, 'Schedules'")
 
 
 def study_start(dataset: str, params: dict,
@@ -301,7 +207,7 @@ def plan_trials(study: Study) -> list[Trial]:
             config=study.config, loss=loss, terms=train.terms_of(loss, "sweep"), seed=seed,
             custom_imports=tuple(train.custom_imports), work_dir="",
             lr=batch.lr if batch.scaled else lr, batch_size=train.batch_size,
-            deterministic=train.deterministic, overlays=train.overlays,
+            deterministic=train.deterministic, amp=train.amp, overlays=train.overlays,
             threads=None if sweep.use_gpu else sweep.cpus_per_worker, warmup=train.warmup,
             val_subset=train.val_subset, **schedule)
         identity = {**spec.to_dict(), "work_dir": None, "data_root": None,
@@ -317,14 +223,21 @@ def plan_trials(study: Study) -> list[Trial]:
                 add(FINETUNE, loss, seed, sampled if sampled is not None else train.lr,
                     study.start, f"{loss}_seed{seed}{searched}", iterations=train.iterations,
                     val_interval=train.val_interval, schedule=train.schedule,
+                    checkpoint_interval=train.checkpoint_interval,
                     holdout=sweep.lr_search.holdout_every if sampled is not None else 0)
     arm = sweep.convergence
     for loss in arm.losses:
         for seed in sweep.seeds:
             add(CONVERGENCE, loss, seed, arm.lr, study.convergence_start,
                 f"convergence_{loss}_seed{seed}", iterations=arm.iterations,
-                val_interval=arm.val_interval, schedule="constant")
+                val_interval=arm.val_interval, schedule="constant",
+                checkpoint_interval=_multiple(train.checkpoint_interval, arm.val_interval))
     return trials
+
+
+def _multiple(interval: int | None, of: int) -> int | None:
+    """The largest multiple of `of` not above `interval` (None: every evaluation)."""
+    return None if interval is None else max(of, interval // of * of)
 
 
 def sweep_key(trials: list[Trial]) -> str:

@@ -58,7 +58,7 @@ def write_results(study: Study, records: list[dict], parent_id: str | None,
                if study.convergence_start else None,
                "mlflow_parent_run_id": parent_id, "trials": records}
     for storage, name in ((study.storage, f"{study.dataset}/{RESULTS}"),
-                          (Storage.parse(str(results_dir)), f"{study.dataset}.json")):
+                          (Storage.parse(str(results_dir.resolve())), f"{study.dataset}.json")):
         storage.write_json(results, name)
     return results
 
@@ -81,6 +81,6 @@ def fetch_results(storage: Storage, dataset: str, results_dir: Path) -> Path:
     if results is None:
         raise FileNotFoundError(f"{storage.uri_of(dataset, RESULTS)}: no results there yet "
                                 "(has the sweep of this dataset finished?)")
-    Storage.parse(str(results_dir)).write_json(results, f"{dataset}.json")
+    Storage.parse(str(results_dir.resolve())).write_json(results, f"{dataset}.json")
     return results_dir / f"{dataset}.json"
 

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..params import ParamsError
+from ..params import ParamsError, in_project
 
 #: The final checkpoint's folder name: its summary.json means "finished".
 FINAL = "final"
@@ -46,7 +46,7 @@ class Storage:
                 raise ParamsError(f"params.yaml: sweep.storage: {text} is not a storage URI "
                                   f"pyarrow can open ({type(error).__name__}: {error})") from None
             return cls(text.rstrip("/"), fs, root.rstrip("/"))
-        path = Path(text).expanduser().resolve()
+        path = in_project(text).resolve()  # a queued DVC experiment: the repo's
         if on_cluster and not path.is_dir():
             raise ParamsError(f"params.yaml: sweep.storage: {path} does not exist. On a Ray "
                               "cluster it must be a folder every node mounts (or an object "

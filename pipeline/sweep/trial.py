@@ -241,13 +241,17 @@ def _injected_fault(key: str) -> None:
             raise RuntimeError(f"injected fault ({FAULT_ENV}): first attempt of trial {key[:8]}")
 
 
-def scaling_config(workers: int, use_gpu: bool, cpus_per_worker: int):
-    """A trial's workers, all on one node: DDP across nodes would run at network speed."""
+def scaling_config(workers: int, use_gpu: bool, cpus_per_worker: int,
+                   gpus_per_worker: float = 1):
+    """A trial's workers, all on one node: DDP across nodes would run at network speed. A
+    worker holds a whole GPU, or a share of one (`sweep.gpus_per_trial: 0.5`: two trials on a
+    GPU)."""
     import ray.train
 
     return ray.train.ScalingConfig(
         num_workers=workers, use_gpu=use_gpu, placement_strategy="STRICT_PACK",
-        resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})})
+        resources_per_worker={"CPU": cpus_per_worker,
+                              **({"GPU": gpus_per_worker} if use_gpu else {})})
 
 
 def trains_in_trial(workers: int, use_gpu: bool) -> bool:
@@ -280,7 +284,8 @@ def trial_driver(config: dict) -> None:
         train_worker,
         train_loop_config=loop_config,
         scaling_config=scaling_config(trial["workers"], trial["use_gpu"],
-                                      trial["cpus_per_worker"]),
+                                      trial["cpus_per_worker"],
+                                      trial.get("gpus_per_worker", 1)),
         run_config=ray.train.RunConfig(
             name=trial["name"], storage_path=storage.path(trial["dataset"]),
             storage_filesystem=storage.fs, callbacks=[TuneReportCallback()],
