@@ -1,21 +1,21 @@
 """Sweep parallel efficiency: N one-CPU trials on P CPUs, P at once, against the same N one
 after another.
 
-    python -m bench.sweep_parallel [--trials N] [--iterations 160] [--out ...]
+    python -m bench.sweep_parallel [--trials N] [--iterations I] [--out ...]
 
-N is the number of CPUs by default, where the sweep's fixed cost (its process, Ray's and
-MLflow's start, its end) weighs most; the study's sweeps run 40 trials each (`--trials 8`
-is closer to them).
+By default N and I are the study's: the trials of one dataset's sweep in params.yaml (both
+arms, every seed: 40) and `train.iterations` (80). That is the sweep `dvc repro` runs, where the
+sweep's fixed cost (its process, imports, Ray's and MLflow's start, its end: about 20 s) is
+spread over its trials; `--trials 2` shows that fixed cost instead (docs/benchmarks.md).
 
 Both sweeps are the real stage, run as `dvc repro` runs it (`python -m pipeline.sweep` in a
 process of its own: Ray Tune trials, each training in its Tune actor's process as single-worker
 CPU trials do, MLflow tracking) on the generated VOC data, each from empty storage, one right
-after the other (not interleaved: each needs every CPU). The default length is the embedded
-default's. Efficiency = T(one after another) / (P x T(P at once)), P = min(N, CPUs); target
->= 85%. The process's
+after the other (not interleaved: each needs every CPU). Every trial is CE from the config's
+initialisation, evaluated at half and at the end of its I iterations. Efficiency =
+T(one after another) / (P x T(P at once)), P = min(N, CPUs); target >= 85%. The process's
 start-up and Ray's are inside both times, as they are for a user: each sweep pays its own
-imports (in one process, the second sweep would find them done). Needs data/synthetic_voc
-(dvc repro data@synthetic_voc).
+imports. Needs data/synthetic_voc (dvc repro data@synthetic_voc).
 """
 from __future__ import annotations
 
@@ -58,10 +58,25 @@ def sweep_seconds(workdir: Path, trials: int, iterations: int,
     return seconds, sum(t["wall_time_s"] for t in results["trials"]) / trials
 
 
+def study_shape(params_file: str = "params.yaml") -> tuple[int, int]:
+    """(trials in one dataset's sweep, fine-tuning iterations) of the study in params.yaml."""
+    from pipeline.params import for_dataset, load_params, lookup, parse_section
+    from pipeline.sweep_params import SweepParams
+
+    params = load_params(params_file)
+    dataset = lookup(params, "study.datasets")[0]
+    params = for_dataset(params, dataset)
+    sweep = parse_section(SweepParams, lookup(params, "sweep"), "sweep")
+    return sweep.trials(), lookup(params, "train.iterations") or 160
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=os.cpu_count())
-    parser.add_argument("--iterations", type=int, default=160)
+    trials, iterations = study_shape()
+    parser.add_argument("--trials", type=int, default=trials,
+                        help=f"default: one sweep of the study in params.yaml ({trials})")
+    parser.add_argument("--iterations", type=int, default=iterations,
+                        help=f"default: the study's train.iterations ({iterations})")
     parser.add_argument("--out", default=record.default_out("sweep_parallel"))
     args = parser.parse_args(argv)
     at_once = min(args.trials, os.cpu_count())
