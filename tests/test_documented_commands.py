@@ -37,6 +37,7 @@ RUN_IN_COPY = [
     "make repro",
     "dvc repro",
     "make status",
+    "make plan",
     "dvc metrics show",
     "dvc plots show",
     "python -m pipeline.sweep synthetic_voc --fetch",
@@ -67,6 +68,11 @@ MEASURED = [
 SERVED = {"make ui": 5000, "make ui UI_PORT=5001": 5001}
 #: Run by CI itself.
 CI = {"make test"}
+#: Run as written by a test of their own (which waits for what they start in the background).
+ELSEWHERE = {
+    "dvc exp run --queue -S 'sweep.seeds=[0,1,2,3,4,5,6]'": "tests/test_dvc_queue.py",
+    "dvc queue start": "tests/test_dvc_queue.py",
+}
 #: What each needs that CI has not; checked below up to that point.
 NEEDS = {
     "make install TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126": "a GPU machine",
@@ -81,6 +87,18 @@ NEEDS = {
     "ray job submit --address http://head-node:8265 --working-dir . --runtime-env-json "
     "'{\"env_vars\": {\"MLFLOW_TRACKING_URI\": \"http://mlflow-host:5000\"}}' -- python -m "
     "pipeline.sweep synthetic_voc": "a Ray cluster",
+    # docs/gpu.md: make gpu-check on a GPU machine with only its own Python and CUDA torch
+    "pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "
+    "--platform manylinux2014_x86_64 -d gpu-bundle mmengine==0.10.7 mmsegmentation==1.2.2 "
+    "addict yapf termcolor rich markdown-it-py mdurl pygments opencv-python-headless ftfy "
+    "wcwidth regex prettytable packaging pyyaml scipy matplotlib": "the package index, for "
+    "the GPU machine",
+    "pip download --no-deps --no-binary=:all: -d gpu-bundle mmcv==2.1.0": "the package index",
+    "pip install --no-index --no-deps --target /tmp/site gpu-bundle/*.whl": "a GPU machine",
+    "export PYTHONPATH=/tmp/site:$PWD": "a GPU machine",
+    "MMCV_WITH_OPS=1 FORCE_CUDA=0 pip install --no-index --no-deps --no-build-isolation "
+    "--target /tmp/site gpu-bundle/mmcv-2.1.0.tar.gz": "a GPU machine",
+    "python -m bench.gpu_check --out reports/gpu": "a GPU",
 }
 
 
@@ -98,11 +116,19 @@ def documented() -> dict[str, set[str]]:
 
 
 def test_every_documented_command_is_exercised():
-    placed = [*RUN_IN_COPY, *MEASURED, *SERVED, *CI, *NEEDS]
+    placed = [*RUN_IN_COPY, *MEASURED, *SERVED, *CI, *ELSEWHERE, *NEEDS]
     assert len(placed) == len(set(placed))
     assert set(documented()) == set(placed), (
         f"documented, not exercised: {sorted(set(documented()) - set(placed))}; "
         f"exercised, no longer documented: {sorted(set(placed) - set(documented()))}")
+
+
+@pytest.mark.parametrize("command", sorted(ELSEWHERE))
+def test_what_another_test_runs_is_run_there_as_written(command):
+    words = shlex.split(command)
+    test = (ROOT / ELSEWHERE[command]).read_text()
+    assert f'"{words[0]}", ' + ", ".join(f'"{w}"' for w in words[1:3]) in test or \
+        ", ".join(f'"{w}"' for w in words[1:3]) in test, (command, ELSEWHERE[command])
 
 
 def test_ci_runs_exactly_make_test():
@@ -164,9 +190,19 @@ def _options(command: str) -> list[str]:
 @pytest.mark.parametrize("command", sorted(NEEDS))
 def test_what_needs_a_cluster_a_gpu_or_credentials_is_checked_up_to_there(command, tmp_path):
     words = shlex.split(command)
-    if words[0] == "export":  # the code reads the variable
+    while "=" in words[0] and not words[0].startswith("-"):  # VAR=value before the command
+        words = words[1:]
+    if words[0] == "export" and words[1].startswith("PYTHONPATH="):  # Python reads it
+        assert "/tmp/site" in words[1]
+    elif words[0] == "export":  # the code reads the variable
         name = words[1].split("=")[0]
         assert any(name in path.read_text() for path in (ROOT / "pipeline").rglob("*.py"))
+    elif words[0] in ("pip", "python"):  # pip takes the options; the module has them
+        cli = [sys.executable, "-m", *(words[:2] if words[0] == "pip" else words[2:3])]
+        help_text = subprocess.run([*cli, "--help"], capture_output=True, text=True,
+                                   check=True, cwd=ROOT).stdout
+        for option in _options(command):
+            assert option in help_text, f"{' '.join(cli)} has no {option}"
     elif words[:2] == ["dvc", "exp"]:  # DVC's own parser applies the override
         from dvc.utils.hydra import apply_overrides
 
@@ -184,8 +220,10 @@ def test_what_needs_a_cluster_a_gpu_or_credentials_is_checked_up_to_there(comman
                               capture_output=True, text=True, check=True).stdout
         assert ("--force-reinstall --no-deps --index-url https://download.pytorch.org/whl/cu126"
                 in plan)  # the CUDA torch replaces whatever torch was there
-        assert "--cache-dir" in plan and "pip-cu126 mmcv==2.1.0" in plan  # mmcv built for it
-        assert f"touch {venv}/.stamp-mmcv-cu126" in plan
+        # mmcv built for it and for the data-centre GPUs, its wheel cached under both
+        assert 'TORCH_CUDA_ARCH_LIST="7.0;8.0;8.6;8.9;9.0+PTX"' in plan
+        assert "--cache-dir" in plan and "pip-cu126-sm70_80_86_89_90ptx mmcv==2.1.0" in plan
+        assert f"touch {venv}/.stamp-mmcv-cu126-sm70_80_86_89_90ptx" in plan
     else:  # the installed CLI takes every option the command uses
         cli = {"mlflow": ["mlflow", "server"], "ray": ["ray", "job", "submit"],
                "dvc": ["dvc", "push"]}[words[0]]

@@ -211,3 +211,14 @@ def test_trials_small_enough_share_a_gpu():
     assert scaling.resources_per_worker == {"CPU": 1, "GPU": 0.5}
     four = SweepParams(losses=["ce"], seeds=[0], gpus_per_trial=4)
     assert four.workers == 4 and four.gpus_per_worker == 1
+
+
+def test_the_plan_in_the_docs_is_todays(tmp_path):
+    """docs/real-data.md shows `make plan` of the real study: regenerated, never stale."""
+    from pipeline.plan import load_plan, render
+
+    path, _ = real_study(tmp_path)
+    shown = render(load_plan(path))
+    assert shown in (ROOT / "docs" / "real-data.md").read_text(), (
+        "docs/real-data.md's plan is stale: paste `python -m pipeline.plan` of params.yaml with "
+        "study.datasets: [voc, cityscapes] into its ```text block")
