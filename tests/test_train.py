@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from pipeline.measures import METRICS
 from pipeline.train import (
     PretrainedWeightsError,
     RunSpec,
@@ -70,10 +71,13 @@ def test_a_tiny_run_trains_evaluates_resumes_and_leaves_its_artifacts(tmp_path, 
     assert again["resumed_from"] == 4
     assert [r["iteration"] for r in again["history"]] == [2, 4, 6]
     assert again["history"][:2] == first["history"]
-    logs = sorted(work.glob("*/*.log"))
+    logs = sorted(p for p in work.glob("*/*.log") if p.parent.name != "logs")
     assert len(logs) == 2
     assert "Auto resumed from the latest checkpoint" in logs[1].read_text()
     assert "Iter(train) [4/4]" not in logs[1].read_text()  # each run logs only itself
+    # both attempts' logs are kept with the run's files (RESULT_FILES: logs/)
+    assert sorted(p.name for p in (work / "logs").iterdir()) == [p.name for p in logs]
+    assert (work / "logs" / logs[1].name).read_text() == logs[1].read_text()
 
 
 def test_runs_are_deterministic_for_a_seed(tmp_path, tiny_data):
@@ -83,7 +87,12 @@ def test_runs_are_deterministic_for_a_seed(tmp_path, tiny_data):
                    terms=[CE], iterations=2, overlays=0))
     other = run(spec(tmp_path, tiny_data, work_dir=str(tmp_path / "c"), loss="ce",
                      terms=[CE], iterations=2, overlays=0, seed=1))
-    assert one["history"] == two["history"]
+    # the measures and the loss, bit for bit (not the timings and memory a run also reports)
+    def measured(history):
+        return [{k: r[k] for k in ("iteration", *METRICS, "loss")} for r in history]
+
+    assert measured(one["history"]) == measured(two["history"])
+    assert one["history"][0]["s_per_iter"] > 0 and "lr" in one["history"][0]
     assert one["history"][0]["loss"] != other["history"][0]["loss"]
 
 
