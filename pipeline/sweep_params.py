@@ -101,6 +101,9 @@ class SweepParams:
     cpus_per_worker: int = 1
     max_concurrent_trials: int | None = None
     max_failures: int = 1
+    # a DDP collective (all-reduce, barrier) that waits longer fails the trial, which is then
+    # retried: a hung rank costs this, not torch's default 30 minutes
+    collective_timeout_s: int = 300
     scale_lr: bool = False
     # the sweep refuses to start when its plan (pipeline.plan) estimates more; null: no cap
     max_gpu_hours: float | None = None
@@ -133,6 +136,9 @@ class SweepParams:
         for key in ("cpu_workers_per_trial", "cpus_per_worker"):
             if getattr(self, key) < 1:
                 raise ParamsError(f"params.yaml: {where}.{key} must be >= 1")
+        if self.collective_timeout_s < 10:
+            raise ParamsError(f"params.yaml: {where}.collective_timeout_s must be >= 10 "
+                              f"(seconds), got {self.collective_timeout_s}")
         if self.max_concurrent_trials is not None and self.max_concurrent_trials < 1:
             raise ParamsError(f"params.yaml: {where}.max_concurrent_trials must be >= 1 or null")
         if self.max_gpu_hours is not None and not self.max_gpu_hours > 0:

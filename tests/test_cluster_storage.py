@@ -257,6 +257,11 @@ def test_a_dvc_remote_on_s3_brings_the_dataset_to_a_clone_and_to_every_node(tmp_
     stamp = (folder.parent / ".complete").stat().st_mtime_ns
     assert dataset_folder(version) == folder
     assert (folder.parent / ".complete").stat().st_mtime_ns == stamp  # pulled once
+    # a node's copy is not trusted forever: a file lost or cut short is restored by DVC
+    images = sorted((folder / "VOCdevkit" / "VOC2012" / "JPEGImages").iterdir())
+    images[0].unlink()
+    images[1].write_bytes(images[1].read_bytes()[:10])
+    assert dataset_folder(version) == folder and _tree_digest(folder) == original
     tampered = type(version)(**{**version.to_dict(), "content_sha256": "0" * 64})
     with pytest.raises(DatasetMismatch, match="keyed for synthetic_voc 000000000000"):
         dataset_folder(tampered)

@@ -13,9 +13,14 @@ The package, by concern:
     storage.py   the sweep's storage (a path or s3://...), one pyarrow filesystem
     datasets.py  the dataset on every node: a shared path, or pulled from a DVC remote
     trial.py     what runs inside Ray: the trial's TorchTrainer and its DDP workers
+    failures.py  which failures of a trial are worth another attempt
     cluster.py   the Ray the sweep runs on, and whether a trial fits there
-    driver.py    the Tuner, MLflow from its callbacks, and the reconciliation
+    driver.py    the Tuner and its callbacks (none of which raises)
+    mlflow_runs.py  the sweep's MLflow runs, and the reconciliation at the end
+    logline.py   its log lines
     results.py   results/<dataset>.json
+
+Its params schema is pipeline/sweep_params.py (read without the stage by pipeline.plan).
 
 A trial's state lives in the storage, written by Ray Train: a trial whose `final` checkpoint is
 there is finished and is never trained again; an unfinished one resumes from its last

@@ -14,6 +14,7 @@ trains, so a node that sees other data fails the trial by name instead of traini
 """
 from __future__ import annotations
 
+import json
 import re
 import socket
 from dataclasses import dataclass
@@ -108,6 +109,9 @@ def pull_locked(name: str, md5: str, remote: dict, cache: str) -> Path:
 
     A no-SCM DVC repo in the cache holds one `.dvc` file per version: DVC fetches and checks
     out exactly that hash, verifying its objects, and a second trial on the node finds it done.
+    The copy is not trusted forever: `.complete` lists every file with its size, and a later
+    trial that finds one missing or of another size (a disk cleaned, a copy cut short) has DVC
+    pull and check out the version again, restoring what changed.
     """
     from filelock import FileLock
 
@@ -116,13 +120,37 @@ def pull_locked(name: str, md5: str, remote: dict, cache: str) -> Path:
     done = folder / ".complete"
     cache_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):
-        if not done.is_file():
-            _pull(name, md5, remote, folder)
-            done.touch()
+        listing = _listing(done)
+        if listing is None or not _intact(folder / name, listing):
+            _pull(name, md5, remote, folder, force=listing is not None)
+            done.write_text(json.dumps(_sizes(folder / name)))
     return folder / name
 
 
-def _pull(name: str, md5: str, remote: dict, folder: Path) -> None:
+def _sizes(root: Path) -> dict[str, int]:
+    return {str(path.relative_to(root)): path.stat().st_size
+            for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+def _listing(done: Path) -> dict[str, int] | None:
+    try:
+        return json.loads(done.read_text())
+    except (OSError, ValueError):  # none yet, or an empty marker of an older version
+        return None
+
+
+def _intact(root: Path, listing: dict[str, int]) -> bool:
+    """Every file the pull left is there with its size (a stat each: cheap at any size)."""
+    for relative, size in listing.items():
+        try:
+            if (root / relative).stat().st_size != size:
+                return False
+        except OSError:
+            return False
+    return bool(listing)
+
+
+def _pull(name: str, md5: str, remote: dict, folder: Path, force: bool = False) -> None:
     from dvc.repo import Repo
 
     if not (folder / ".dvc").is_dir():
@@ -139,7 +167,7 @@ def _pull(name: str, md5: str, remote: dict, folder: Path) -> None:
     pointer = folder / f"{name}.dvc"
     pointer.write_text(yaml.safe_dump({"outs": [{"md5": md5, "path": name, "hash": "md5"}]}))
     try:
-        Repo(str(folder)).pull(targets=[str(pointer)])
+        Repo(str(folder)).pull(targets=[str(pointer)], force=force)
     except Exception as error:  # noqa: BLE001 - DVC's errors say what failed; add where
         raise DatasetMismatch(f"node {socket.gethostname()}: could not pull {name} {md5} from "
                               f"the DVC remote {remote.get('url')} ({type(error).__name__}: "

@@ -1,14 +1,9 @@
-"""The sweep's driver: Ray Tune over the pending trials, MLflow from Tune's callbacks, and the
-results from what Ray reported and the storage holds.
-
-Only the driver writes to MLflow (a sqlite store never sees two writers). A failed MLflow write
-never stops the sweep: it is logged, and the reconciliation at the end (and at every rerun)
-logs whatever a run lacks, keyed by the trial, so nothing is logged twice.
+"""The sweep's driver: Ray Tune over the pending trials, MLflow from Tune's callbacks
+(pipeline/sweep/mlflow_runs.py), and the results from what Ray reported and the storage holds.
 """
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -16,9 +11,7 @@ from ..measures import METRICS
 from ..plan import check_budget
 from ..pretrain import MODEL
 from ..progress import Progress
-from ..study_losses import canonical
-from ..tracking import DatasetRecord, Tracker, live_metrics
-from ..train import RESULT_FILES
+from ..tracking import Tracker, live_metrics
 from .cluster import (
     check_cluster_resources,
     check_local_resources,
@@ -27,118 +20,35 @@ from .cluster import (
     init_ray,
     on_cluster,
 )
+from .failures import clear as clear_failures
+from .failures import fatal_verdict
+from .lock import DriverLock
+from .logline import log as _log
+from .logline import said as _said
+from .mlflow_runs import SweepTracking, reconcile
 from .plan import Study, Trial, load_study, plan_trials, sweep_key
 from .results import RESULTS_DIR, trial_record, write_results
-from .storage import FINAL
 from .trial import STORAGE_MARKER, pretrain_folder, trains_in_trial, trial_driver
 
-#: Attempts of the final reconciliation with MLflow, and the first wait between two.
-RECONCILE_ATTEMPTS = 6
-RECONCILE_BACKOFF_S = 2.0
+#: A resource only the head node of a Ray cluster has (a local Ray's one node included).
+HEAD_NODE = "node:__internal_head__"
 
 
-def _log(message: str) -> None:
-    print(f"[sweep] {message}", flush=True)
+def _guarded(handler):
+    """A Tune callback's handler that never raises: an error of the storage or of MLflow there
+    would make Tune stop every trial and the sweep write no results. It is logged; the results
+    and the MLflow reconciliation at the end read the storage again."""
+    import functools
 
-
-def _said(error: Exception) -> str:
-    """An error in one line, for a log line."""
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0][:200] if text else ''}"
-
-
-class SweepTracking:
-    """The sweep's MLflow runs: its parent, a child per trial, each evaluation once."""
-
-    def __init__(self, tracker: Tracker, study: Study, trials: list[Trial]):
-        self.tracker = tracker
-        self.study = study
-        self.parent_id = tracker.parent_run(
-            sweep_key(trials), f"sweep-{study.dataset}",
-            params={"dataset": study.dataset, "config": Path(study.config).stem,
-                    "losses": ",".join(study.sweep.losses),
-                    "seeds": ",".join(map(str, study.sweep.seeds)),
-                    "workers_per_trial": study.sweep.workers, "use_gpu": study.sweep.use_gpu,
-                    "lr_search.samples": study.sweep.lr_search.samples,
-                    "convergence.losses": ",".join(study.sweep.convergence.losses),
-                    "protocol": study.start.protocol,
-                    "init_checkpoint_sha256": study.start.sha256},
-            tags={"dataset": study.dataset, "data_hash": study.data_hash,
-                  "storage": study.storage.uri_of(study.dataset)})
-        self.behind = False  # a write failed: the reconciliation makes up for it
-
-    def child(self, trial: Trial) -> str:
-        spec, batch = trial.spec, trial.batch
-        params = {"dataset": self.study.dataset, "loss": spec.loss, "seed": spec.seed,
-                  "lr": batch.lr, "base_lr": batch.base_lr, "lr_scaled": batch.scaled,
-                  "config": Path(spec.config).stem, "iterations": spec.iterations,
-                  "batch_size": batch.batch_per_worker, "workers": self.study.sweep.workers,
-                  "effective_batch_size": batch.effective_batch,
-                  "loss_name": self.study.train.losses[spec.loss].name,
-                  "loss_terms": canonical(spec.terms),
-                  "arm": trial.arm, "schedule": spec.schedule,
-                  "val_interval": spec.val_interval,
-                  "checkpoint_interval": spec.checkpoint_interval or spec.val_interval,
-                  "amp": spec.amp or "fp32", "deterministic": spec.deterministic,
-                  "gpus_per_trial": self.study.sweep.gpus_per_trial,
-                  "protocol": trial.start.protocol,
-                  "init_checkpoint_sha256": trial.start.sha256,
-                  "init_checkpoint_mIoU": trial.start.mIoU}
-        # The arm is a tag too: the UI's search (tags.arm = 'convergence') separates the arms
-        tags = {"dataset": self.study.dataset, "data_hash": self.study.data_hash,
-                "trial": trial.name, "arm": trial.arm,
-                "storage": self.study.storage.uri_of(*trial.folder)}
-        return self.tracker.child_run(self.parent_id, trial.key, trial.name, params, tags,
-                                      self.description(trial), self.dataset_record())
-
-    def description(self, trial: Trial) -> str:
-        spec, batch = trial.spec, trial.batch
-        name = self.study.train.losses[spec.loss].name
-        return (f"Loss {name} ({spec.loss}: {canonical(spec.terms)}), seed {spec.seed}, "
-                f"lr {batch.lr:g}, "
-                f"{spec.iterations or 'the config schedule of'} iterations of "
-                f"{Path(spec.config).stem} on {self.study.dataset} (data "
-                f"{self.study.data_hash[:12]}); {trial.arm} arm, {trial.start.describe()}.")
-
-    def dataset_record(self) -> DatasetRecord:
-        data = self.study.data
-        where = (f"{data.remote.get('url')} (DVC {data.dvc_md5})" if data.source == "dvc"
-                 else str(Path(data.path) / data.dataset))
-        return DatasetRecord(data.dataset, data.content_sha256, where,
-                             "dvc" if data.source == "dvc" else "local")
-
-    def safely(self, what: str, write) -> None:
-        """One write; a failure is logged and left to the reconciliation."""
+    @functools.wraps(handler)
+    def guarded(self, *args, **kwargs):
         try:
-            write()
-        except Exception as error:  # noqa: BLE001 - any failure of the store: go on training
-            self.behind = True
-            _log(f"warning: MLflow {what} failed ({_said(error)}); the sweep goes on and logs "
-                 "it later")
-
-    def finish(self, trial: Trial, summary: dict) -> None:
-        """The finished trial's metrics and artifacts, read from its final checkpoint (its
-        files, not its weights), once."""
-        run_id = self.child(trial)
-        if self.tracker.final_logged(run_id):
-            return
-        with tempfile.TemporaryDirectory() as local:
-            files = self.study.storage.download(Path(local), *trial.folder, FINAL,
-                                                names=RESULT_FILES)
-            self.tracker.finish_trial(run_id, summary, files)
-
-    def reconcile(self, trial: Trial, record: dict) -> None:
-        """Make the trial's child run say what its record says (idempotent). A finished
-        trial's record holds its summary's values."""
-        run_id = self.child(trial)
-        if record["status"] == "finished":
-            self.finish(trial, record)
-            return
-        self.tracker.log_evaluations(run_id, record["history"])
-        if record["status"] == "stopped":
-            self.tracker.end_trial(run_id, "KILLED", "stopped early by ASHA")
-        else:
-            self.tracker.end_trial(run_id, "FAILED", record["error"])
+            return handler(self, *args, **kwargs)
+        except Exception as error:  # noqa: BLE001 - any failure: the trials go on
+            self.tracking.behind = True
+            _log(f"warning: {handler.__name__} failed ({_said(error)}); the trials go on, and "
+                 "the end of the sweep reads the storage again")
+    return guarded
 
 
 def _tune_callback(tracking: SweepTracking, trials: dict[str, Trial], progress: Progress):
@@ -147,67 +57,107 @@ def _tune_callback(tracking: SweepTracking, trials: dict[str, Trial], progress: 
     storage = tracking.study.storage
 
     class TrackingCallback(tune.Callback):
-        """Logs each trial event, and writes it to MLflow as it comes."""
+        """Logs each trial event, and writes it to MLflow as it comes. No handler raises."""
 
         def __init__(self):
+            self.tracking = tracking
             self.errors: dict[str, str] = {}  # trial key -> the error it failed with
-            self.nodes: dict[str, list[str]] = {}  # trial key -> the Ray nodes of its workers
+            # trial key -> the Ray nodes its workers ran on, over every attempt
+            self.nodes: dict[str, list[str]] = {}
             self.history: dict[str, list[dict]] = {}  # trial key -> its evaluations
+            # trial key -> evaluations that no checkpoint covers yet: a retry would redo them,
+            # so MLflow gets them once a checkpoint does (each step once, the kept attempt's)
+            self.uncovered: dict[str, list[dict]] = {}
+            self.running: set[str] = set()  # a retried trial is one trial running
 
         def _trial(self, tune_trial) -> Trial:
             return trials[tune_trial.config["trial"]["key"]]
 
+        @_guarded
         def on_trial_start(self, iteration, trials, trial, **info):
             ours = self._trial(trial)
             _log(f"start  {ours.name}")
-            progress.trial_started()
-            tracking.safely("child run", lambda: tracking.child(ours))
+            if ours.key not in self.running:
+                self.running.add(ours.key)
+                progress.trial_started()
+            tracking.later("child run", lambda: tracking.child(ours))
 
+        @_guarded
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            """A failed attempt that Tune retries (sweep.max_failures): still one trial."""
+            _log(f"retry  {self._trial(trial).name}: {_trial_error(trial).splitlines()[-1]}")
+
+        @_guarded
         def on_trial_result(self, iteration, trials, trial, result, **info):
             ours = self._trial(trial)
-            if result.get("nodes") and ours.key not in self.nodes:
-                self.nodes[ours.key] = result["nodes"].split(",")
-                tracking.safely("tags", lambda: tracking.tracker.set_tags(
-                    tracking.child(ours), {"nodes": result["nodes"]}))
+            nodes = sorted(set(self.nodes.get(ours.key, [])) |
+                           set(filter(None, result.get("nodes", "").split(","))))
+            if nodes != self.nodes.get(ours.key, []):
+                self.nodes[ours.key] = nodes
+                tracking.later("tags", lambda: tracking.tracker.set_tags(
+                    tracking.child(ours), {"nodes": ",".join(nodes)}))
             if "mIoU" not in result:
                 return
             record = {"iteration": result.get("iteration"), "world_size": result.get("world_size"),
                       **{k: result.get(k) for k in (*METRICS, "loss")}, **live_metrics(result)}
+            # a retry's evaluation replaces the dead attempt's at that step and after it
             history = self.history.setdefault(ours.key, [])
-            history[:] = [h for h in history if h["iteration"] != record["iteration"]]
+            history[:] = [h for h in history if h["iteration"] < record["iteration"]]
             history.append(record)
-            tracking.safely("metrics", lambda: tracking.tracker.log_evaluations(
-                tracking.child(ours), [record]))
+            uncovered = self.uncovered.setdefault(ours.key, [])
+            uncovered[:] = [h for h in uncovered if h["iteration"] < record["iteration"]]
+            uncovered.append(record)
+            if result.get("checkpoint_name"):  # in the storage now: never redone
+                covered, uncovered[:] = list(uncovered), []
+                tracking.later("metrics", lambda: tracking.tracker.log_evaluations(
+                    tracking.child(ours), covered))
             if not result.get("final"):
                 _log(f"eval   {ours.name} iter {record['iteration']}: {_measures(record)} "
                      f"(world size {record['world_size']})")
 
+        @_guarded
         def on_trial_complete(self, iteration, trials, trial, **info):
             ours = self._trial(trial)
-            summary = ours.summary(storage)
+            self.running.discard(ours.key)
             progress.trial_ended()
+            summary = ours.summary(storage)
             if summary is not None:
-                tracking.safely("final values", lambda: tracking.finish(ours, summary))
+                tracking.later("final values", lambda: tracking.finish(ours, summary))
                 _log(f"done   {ours.name}: {_measures(summary)}")
+                return
+            verdict = fatal_verdict(storage, ours.folder)
+            if verdict is not None:  # failed for good: retrying could not mend it
+                self._failed(ours, f"{verdict['error']} ({verdict['why']}; not retried)")
                 return
             # stopped by the scheduler before the end of its schedule
             last = {k: trial.last_result.get(k) for k in ("iteration", *METRICS)}
             storage.write_json({**last, "history": self.history.get(ours.key, [])},
                                *ours.folder, "stopped.json")
-            tracking.safely("end of run", lambda: tracking.tracker.end_trial(
+            tracking.later("end of run", lambda: tracking.tracker.end_trial(
                 tracking.child(ours), "KILLED", "stopped early by ASHA"))
             _log(f"stop   {ours.name} at iteration {last['iteration']} (ASHA)")
 
+        @_guarded
         def on_trial_error(self, iteration, trials, trial, **info):
             ours = self._trial(trial)
-            error = _trial_error(trial)
+            self.running.discard(ours.key)
             progress.trial_ended()
+            self._failed(ours, _trial_error(trial))
+
+        def _failed(self, ours: Trial, error: str) -> None:
             self.errors[ours.key] = error
-            tracking.safely("end of run", lambda: tracking.tracker.end_trial(
+            tracking.later("end of run", lambda: tracking.tracker.end_trial(
                 tracking.child(ours), "FAILED", error))
             _log(f"FAILED {ours.name}: {error.splitlines()[0] if error else 'unknown error'}")
 
     return TrackingCallback()
+
+
+def _error(callback, study: Study, trial: Trial) -> str | None:
+    """What a trial of this run failed with: as Tune said, or its verdict in the storage."""
+    said = callback.errors.get(trial.key) if callback else None
+    verdict = None if said else fatal_verdict(study.storage, trial.folder)
+    return said or (f"{verdict['error']} ({verdict['why']}; not retried)" if verdict else None)
 
 
 def _measures(record: dict) -> str:
@@ -247,13 +197,16 @@ def _status_table(lr_searched: bool):
 
 
 def _trial_resources(study: Study) -> dict:
-    """What the Tune trial itself holds: its one worker's CPUs when it trains itself; when it
-    only launches a TorchTrainer, whose workers hold the CPUs and GPUs, a token memory request
-    that keeps it from taking a CPU a worker needs."""
+    """What the Tune trial itself holds: its one worker's CPUs when it trains itself. When it
+    only launches a TorchTrainer, whose workers hold the CPUs and GPUs: a token memory request
+    that keeps it from taking a CPU a worker needs, on the head node. Ray Train starts the
+    run's controller on the node of the process that calls fit() (this trial's); on a spot
+    worker node, its preemption would take the controller with the workers, and the placement
+    group could outlive it (Ray #54305), starving the retry."""
     sweep = study.sweep
     if trains_in_trial(sweep.workers, sweep.use_gpu):
         return {"CPU": sweep.cpus_per_worker}
-    return {"memory": 1}
+    return {"memory": 1, HEAD_NODE: 0.001}
 
 
 def _run_tuner(study: Study, pending: list[Trial], tracking: SweepTracking):
@@ -270,6 +223,7 @@ def _run_tuner(study: Study, pending: list[Trial], tracking: SweepTracking):
                  "workers": study.sweep.workers, "use_gpu": study.sweep.use_gpu,
                  "cpus_per_worker": study.sweep.cpus_per_worker,
                  "gpus_per_worker": study.sweep.gpus_per_worker,
+                 "collective_timeout_s": study.sweep.collective_timeout_s,
                  "start": t.start.identity()} for t in pending]
         concurrent = concurrency(study.sweep, len(pending))
         scheduler = None
@@ -320,24 +274,6 @@ def _share_starting_weights(study: Study) -> None:
             study.storage.put(Path(start.path), *folder, MODEL)
 
 
-def _reconcile(tracking: SweepTracking, trials: list[Trial], records: list[dict]) -> bool:
-    """Every trial's child run as its record says, retried while the store does not answer;
-    False if it still does not."""
-    wait = RECONCILE_BACKOFF_S
-    for attempt in range(1, RECONCILE_ATTEMPTS + 1):
-        try:
-            for trial, record in zip(trials, records, strict=True):
-                tracking.reconcile(trial, record)
-            return True
-        except Exception as error:  # noqa: BLE001 - the store's failures vary
-            _log(f"MLflow reconciliation, attempt {attempt}/{RECONCILE_ATTEMPTS}: "
-                 f"{_said(error)}")
-            if attempt < RECONCILE_ATTEMPTS:
-                time.sleep(wait)
-                wait *= 2
-    return False
-
-
 def run_sweep(dataset: str, params_file: Path | str = "params.yaml",
               results_dir: Path = RESULTS_DIR) -> dict:
     check_budget(dataset, params_file)  # before data, storage, MLflow or Ray
@@ -347,6 +283,12 @@ def run_sweep(dataset: str, params_file: Path | str = "params.yaml",
     trials = plan_trials(study)
     tracker = Tracker(study.tracking)
     tracker.check(in_ray_job=in_job())
+    with DriverLock(study.storage, dataset):  # one driver per sweep storage
+        return _sweep(study, trials, tracker, results_dir)
+
+
+def _sweep(study: Study, trials: list[Trial], tracker: Tracker, results_dir: Path) -> dict:
+    dataset = study.dataset
     # What the storage holds, read once per trial (and again for those this run trains)
     summaries = {t.key: t.summary(study.storage) for t in trials}
     stopped = {t.key: t.stopped(study.storage) for t in trials if summaries[t.key] is None}
@@ -358,6 +300,8 @@ def run_sweep(dataset: str, params_file: Path | str = "params.yaml",
     study.storage.write_json({"sweep_key": sweep_key(trials), "started": time.time()},
                              dataset, STORAGE_MARKER)
     if pending:
+        for trial in pending:  # a trial that failed for good last time is tried again
+            clear_failures(study.storage, trial.folder)
         _share_starting_weights(study)
     callback = _run_tuner(study, pending, tracking) if pending else None
     for trial in pending:
@@ -366,13 +310,14 @@ def run_sweep(dataset: str, params_file: Path | str = "params.yaml",
 
     records = [trial_record(
         study, trial, summary=summaries[trial.key], stopped=stopped.get(trial.key),
-        error=callback.errors.get(trial.key) if callback else None,
+        error=_error(callback, study, trial) if trial in pending else None,
         history=callback.history.get(trial.key, []) if callback else [],
         nodes=callback.nodes.get(trial.key) if callback else None,
         run_id=None) for trial in trials]
+    tracking.flush()
     if tracking.behind:
         _log("MLflow missed writes during the sweep: logging them now")
-    logged = _reconcile(tracking, trials, records)
+    logged = reconcile(tracking, trials, records)
     counts = {status: sum(r["status"] == status for r in records)
               for status in ("finished", "stopped", "failed")}
     if logged:

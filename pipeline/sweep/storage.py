@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..params import ParamsError, in_project
+from ..retry import with_backoff
 
 #: The final checkpoint's folder name: its summary.json means "finished".
 FINAL = "final"
@@ -65,10 +66,16 @@ class Storage:
         """What a person pastes into a shell or a browser for that path."""
         return posixpath.join(self.uri, *parts) if parts else self.uri
 
+    def _retried(self, what: str, call):
+        """A call to the storage, retried with back-off on I/O errors (an object store's 5xx,
+        a dropped connection): a transient error waits, it does not fail a trial or a sweep."""
+        return with_backoff(call, f"{what} {self.uri}")
+
     def exists(self, *parts: str) -> bool:
         import pyarrow.fs as pafs
 
-        return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
+        return self._retried("stat", lambda: self.fs.get_file_info(self.path(*parts)).type) \
+            != pafs.FileType.NotFound
 
     def list(self, *parts: str) -> list[str]:
         """The names of a folder's entries; [] when there is no such folder."""
@@ -76,29 +83,41 @@ class Storage:
 
         if not self.exists(*parts):
             return []
-        found = self.fs.get_file_info(pafs.FileSelector(self.path(*parts)))
+        found = self._retried("list", lambda: self.fs.get_file_info(
+            pafs.FileSelector(self.path(*parts))))
         return sorted(posixpath.basename(info.path) for info in found)
 
     def delete(self, *parts: str) -> None:
         """A folder and what it holds."""
-        self.fs.delete_dir(self.path(*parts))
+        self._retried("delete", lambda: self.fs.delete_dir(self.path(*parts)))
+
+    def delete_file(self, *parts: str) -> None:
+        self._retried("delete", lambda: self.fs.delete_file(self.path(*parts)))
 
     def read_json(self, *parts: str) -> dict | None:
         if not self.exists(*parts):
             return None
-        with self.fs.open_input_stream(self.path(*parts)) as stream:
-            return json.loads(stream.read().decode())
+
+        def read() -> bytes:
+            with self.fs.open_input_stream(self.path(*parts)) as stream:
+                return stream.read()
+
+        return json.loads(self._retried("read", read).decode())
 
     def write_json(self, data: dict, *parts: str) -> None:
         """Written whole: object stores replace an object at once; a local file is renamed in."""
-        self.fs.create_dir(posixpath.dirname(self.path(*parts)), recursive=True)
         text = (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
         target = self.path(*parts)
         staging = target + ".tmp" if self.is_local else target
-        with self.fs.open_output_stream(staging) as stream:
-            stream.write(text)
-        if staging != target:
-            self.fs.move(staging, target)
+
+        def write() -> None:
+            self.fs.create_dir(posixpath.dirname(target), recursive=True)
+            with self.fs.open_output_stream(staging) as stream:
+                stream.write(text)
+            if staging != target:
+                self.fs.move(staging, target)
+
+        self._retried("write", write)
 
     def download(self, local: Path, *parts: str, names: Iterable[str] | None = None) -> Path:
         """Copy a folder of the storage to `local` (created); with `names`, only those of its
@@ -114,8 +133,9 @@ class Storage:
             # copy_files writes a folder's files into an existing folder, a file to its path
             (target if kind == pafs.FileType.Directory else target.parent).mkdir(
                 parents=True, exist_ok=True)
-            pafs.copy_files(source, str(target.resolve()), source_filesystem=self.fs,
-                            destination_filesystem=pafs.LocalFileSystem())
+            self._retried("download", lambda s=source, t=target: pafs.copy_files(
+                s, str(t.resolve()), source_filesystem=self.fs,
+                destination_filesystem=pafs.LocalFileSystem()))
         return local
 
     def put(self, local: Path, *parts: str) -> None:
@@ -125,13 +145,22 @@ class Storage:
         if local.is_dir():
             self.upload(local, *parts)
             return
-        self.fs.create_dir(posixpath.dirname(self.path(*parts)), recursive=True)
-        pafs.copy_files(str(local.resolve()), self.path(*parts),
-                        source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs)
+
+        def copy() -> None:
+            self.fs.create_dir(posixpath.dirname(self.path(*parts)), recursive=True)
+            pafs.copy_files(str(local.resolve()), self.path(*parts),
+                            source_filesystem=pafs.LocalFileSystem(),
+                            destination_filesystem=self.fs)
+
+        self._retried("upload", copy)
 
     def upload(self, local: Path, *parts: str) -> None:
         import pyarrow.fs as pafs
 
-        self.fs.create_dir(self.path(*parts), recursive=True)
-        pafs.copy_files(str(local.resolve()), self.path(*parts),
-                        source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs)
+        def copy() -> None:
+            self.fs.create_dir(self.path(*parts), recursive=True)
+            pafs.copy_files(str(local.resolve()), self.path(*parts),
+                            source_filesystem=pafs.LocalFileSystem(),
+                            destination_filesystem=self.fs)
+
+        self._retried("upload", copy)

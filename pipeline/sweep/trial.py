@@ -18,6 +18,7 @@ from pathlib import Path
 from ..measures import METRICS
 from ..train import (
     HISTORY,
+    LOGS,
     RESULT_FILES,
     SUMMARY,
     Reporter,
@@ -26,16 +27,21 @@ from ..train import (
     read_summary,
 )
 from .datasets import DatasetVersion, dataset_folder
+from .failures import record_failure
 from .storage import FINAL, Storage
 
 #: Written by the driver into `<storage>/<dataset>/` before any trial starts: a rank that does
 #: not find it does not share the driver's storage (a local path on a cluster).
 STORAGE_MARKER = "sweep.json"
+#: The file in a trial's node-local work dir that names the process using it.
+OWNER = "owner.pid"
 #: Each node's copy of the checkpoints that fine-tuning trials start from, by sha256.
 WEIGHTS_CACHE = Path(tempfile.gettempdir()) / "pixiou-pretrain"
 #: Fault injection for the reliability tests: a folder; the first attempt of every trial fails
 #: (leaving a marker there), so the retry path runs for real. Unset in normal use.
 FAULT_ENV = "PIXIOU_FAIL_FIRST_ATTEMPT"
+#: Set: every attempt of every trial fails with the same error (an error no retry mends).
+FAIL_ALWAYS_ENV = "PIXIOU_FAIL_EVERY_ATTEMPT"
 
 
 class TrialReporter(Reporter):
@@ -52,7 +58,9 @@ class TrialReporter(Reporter):
         self.folder = folder  # the trial's, in the storage
 
     def evaluation(self, record: dict, checkpoint: Path | None) -> None:
-        files = [checkpoint, self.work_dir / HISTORY] if checkpoint else []
+        logs = self.work_dir / LOGS  # the attempts' mmengine logs travel with the checkpoint
+        files = [checkpoint, *([logs] if logs.is_dir() else []), self.work_dir / HISTORY] \
+            if checkpoint else []
         self._report(record, files, checkpoint.stem if checkpoint else None)
 
     def finished(self, summary: dict, work_dir: Path | None) -> None:
@@ -65,8 +73,10 @@ class TrialReporter(Reporter):
         self._report(record, files, FINAL if files else None)
 
     def _report(self, metrics: dict, files: list[Path], name: str | None) -> None:
-        """Every rank reports; rank 0 with `files` as the checkpoint `name` (uploaded now)."""
-        metrics = {**metrics, "nodes": self.nodes}
+        """Every rank reports; rank 0 with `files` as the checkpoint `name` (uploaded now).
+        `checkpoint_name` names it in the metrics: what the driver logs to MLflow is what no retry
+        will do again."""
+        metrics = {**metrics, "nodes": self.nodes, "checkpoint_name": name or ""}
         if not files:
             self._persist(metrics, None, None)
             return
@@ -81,6 +91,27 @@ class TrialReporter(Reporter):
 
     def _persist(self, metrics: dict, folder: Path | None, name: str | None) -> None:
         raise NotImplementedError
+
+    def _latest_whole(self) -> str | None:
+        """The trial's newest whole checkpoint in the storage: `final`, else the iter_<n> of
+        the largest n whose marker and weights are both there (one cut short by a kill lacks
+        one of them)."""
+        saved = [n for n in self.storage.list(*self.folder) if self._whole(n)]
+        if FINAL in saved:
+            return FINAL
+        return max((n for n in saved if n.startswith("iter_")),
+                   key=lambda n: int(n.removeprefix("iter_")), default=None)
+
+    def _whole(self, name: str) -> bool:
+        if not (name == FINAL or name.startswith("iter_")):
+            return False
+        entries = self.storage.list(*self.folder, name)
+        return self._marker(name) in entries and any(e.endswith(".pth") for e in entries)
+
+    @staticmethod
+    def _marker(name: str) -> str:
+        """The file of checkpoint `name` that the run writes last: SUMMARY, or the history."""
+        return SUMMARY if name == FINAL else HISTORY
 
     @staticmethod
     def _resume_from(work_dir: Path) -> dict | None:
@@ -99,8 +130,15 @@ class RayTrainReporter(TrialReporter):
     `ray.train.get_checkpoint` hands the latest back to a restarted trial."""
 
     def restore(self, work_dir: Path) -> dict | None:
+        """The newest whole checkpoint in the storage, or Ray Train's. Ray Train's snapshot of
+        the run can lag the uploads (its controller died with a node between the two): the
+        storage's newer checkpoint saves an interval of training twice."""
         import ray.train
 
+        latest = self._latest_whole()
+        if latest is not None:
+            self.storage.download(work_dir, *self.folder, latest)
+            return self._resume_from(work_dir)
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
             return None
@@ -121,12 +159,8 @@ class TuneTrialReporter(TrialReporter):
     metrics. A restarted trial (retry, new driver) finds its latest checkpoint there."""
 
     def restore(self, work_dir: Path) -> dict | None:
-        saved = [n for n in self.storage.list(*self.folder) if self._whole(n)]
-        if FINAL in saved:
-            latest = FINAL
-        elif saved:
-            latest = max(saved, key=lambda n: int(n.removeprefix("iter_")))
-        else:
+        latest = self._latest_whole()
+        if latest is None:
             return None
         self.storage.download(work_dir, *self.folder, latest)
         return self._resume_from(work_dir)
@@ -144,14 +178,6 @@ class TuneTrialReporter(TrialReporter):
                     self.storage.delete(*self.folder, old)
         tune.report(metrics)
 
-    @staticmethod
-    def _marker(name: str) -> str:
-        """The file written last into checkpoint `name`: its presence means it is whole."""
-        return SUMMARY if name == FINAL else HISTORY
-
-    def _whole(self, name: str) -> bool:
-        return (name == FINAL or name.startswith("iter_")) and \
-            self.storage.exists(*self.folder, name, self._marker(name))
 
 
 def starting_weights(storage: Storage, dataset: str, sha256: str) -> Path:
@@ -204,7 +230,9 @@ def _train_rank(config: dict, rank: int, reporter_class) -> None:
     checkout = Path(__file__).resolve().parents[2]
     local = Path(tempfile.gettempdir()) / "pixiou-trials"
     local.mkdir(parents=True, exist_ok=True)
+    clear_dead_attempts(local)
     work_dir = Path(tempfile.mkdtemp(prefix=f"{config['name']}-rank{rank}-", dir=local))
+    (work_dir / OWNER).write_text(str(os.getpid()))
     try:
         start = config["start"]
         init = None if start["sha256"] is None else \
@@ -216,6 +244,33 @@ def _train_rank(config: dict, rank: int, reporter_class) -> None:
                                  (config["dataset"], config["name"])))
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)  # the trial lives on in the storage
+
+
+def clear_dead_attempts(local: Path) -> list[Path]:
+    """Remove the node-local work dirs of attempts whose process is gone (a worker killed with
+    its node's raylet, a crashed rank): a retried trial lives on in the storage, and their
+    checkpoints would fill the node's disk over a long sweep. Returns what it removed."""
+    removed = []
+    for folder in local.iterdir():
+        owner = folder / OWNER
+        try:
+            pid = int(owner.read_text())
+        except (OSError, ValueError):
+            continue  # being created, or not a trial's
+        if not _alive(pid):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _worker_nodes() -> list[str]:
@@ -232,6 +287,9 @@ def _worker_nodes() -> list[str]:
 
 
 def _injected_fault(key: str) -> None:
+    if os.environ.get(FAIL_ALWAYS_ENV):
+        raise RuntimeError(f"injected fault ({FAIL_ALWAYS_ENV}): every attempt of this trial "
+                           "fails the same way")
     folder = os.environ.get(FAULT_ENV)
     if folder:
         marker = Path(folder) / key
@@ -254,6 +312,13 @@ def scaling_config(workers: int, use_gpu: bool, cpus_per_worker: int,
                               **({"GPU": gpus_per_worker} if use_gpu else {})})
 
 
+def torch_config(collective_timeout_s: int):
+    """The trial's process group: a collective that hangs longer than this fails the trial."""
+    from ray.train.torch import TorchConfig
+
+    return TorchConfig(timeout_s=collective_timeout_s)
+
+
 def trains_in_trial(workers: int, use_gpu: bool) -> bool:
     """A single-worker CPU trial needs no process group: it trains in its Tune trial's own
     process, without the Ray Train controller and worker that a TorchTrainer starts (seconds
@@ -263,13 +328,23 @@ def trains_in_trial(workers: int, use_gpu: bool) -> bool:
 
 def trial_driver(config: dict) -> None:
     """Ray Tune trial: the one rank of a single-worker CPU trial, or a TorchTrainer with the
-    sweep's workers around `train_worker`.
+    sweep's workers around `train_worker`. A failure that retrying cannot mend ends the trial
+    for good (pipeline/sweep/failures.py): it returns, its verdict in the storage.
 
     The TorchTrainer's Ray Train run is named after the trial and lives in the trial's storage
     folder, so a second start of the trial finds its checkpoints there. Only the last and the
     best (by mIoU) checkpoints are kept; the last is `final` once the trial has finished.
     """
     trial = config["trial"]
+    try:
+        _drive(trial)
+    except Exception as error:
+        storage = Storage.parse(trial["storage"], on_cluster=True)
+        if record_failure(storage, (trial["dataset"], trial["name"]), error) is None:
+            raise  # Tune retries it (sweep.max_failures)
+
+
+def _drive(trial: dict) -> None:
     loop_config = {k: trial[k] for k in ("key", "name", "spec", "storage", "dataset", "data",
                                          "start")}
     if trains_in_trial(trial["workers"], trial["use_gpu"]):
@@ -283,6 +358,7 @@ def trial_driver(config: dict) -> None:
     trainer = TorchTrainer(
         train_worker,
         train_loop_config=loop_config,
+        torch_config=torch_config(trial.get("collective_timeout_s", 1800)),
         scaling_config=scaling_config(trial["workers"], trial["use_gpu"],
                                       trial["cpus_per_worker"],
                                       trial.get("gpus_per_worker", 1)),

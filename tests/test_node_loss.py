@@ -1,0 +1,94 @@
+"""A node lost mid-trial, as a spot cluster loses one: on a Ray cluster on 127.0.0.1, the
+node under a running trial is killed (its raylet and every worker on it) once the trial has
+checkpoints in the storage, and a fresh node joins. On both trial paths (a TorchTrainer of 2
+ranks, and a single-worker trial training in its Tune trial), the trial resumes on the new node
+from its last whole checkpoint, the sweep ends with exit status 0, and the trial's history and
+MLflow hold each evaluation once, its nodes both."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from tests.conftest import ROOT, study_params
+
+pytestmark = pytest.mark.slow
+
+ITERATIONS, EVERY = 40, 4
+
+
+@pytest.fixture
+def spot_cluster(monkeypatch):
+    """A 1-CPU head (the driver's node, never taken back) and a 2-CPU spot node."""
+    import ray
+    import ray._private.services
+    from ray.cluster_utils import Cluster
+
+    monkeypatch.setattr(ray._private.services, "resolve_ip_for_localhost", lambda host: host)
+    local = dict(node_ip_address="127.0.0.1", include_dashboard=False)
+    cluster = Cluster(initialize_head=True, head_node_args=dict(num_cpus=1, **local))
+    cluster.add_node(num_cpus=2, **local)
+    cluster.wait_for_nodes()
+    monkeypatch.setenv("RAY_ADDRESS", cluster.address)
+    monkeypatch.chdir(ROOT)
+    try:
+        yield cluster, local
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def whole_checkpoints(folder) -> list[int]:
+    return sorted(int(p.name.removeprefix("iter_")) for p in folder.glob("iter_*")
+                  if (p / "eval_history.jsonl").is_file() and list(p.glob("*.pth")))
+
+
+@pytest.mark.parametrize("path", ["torchtrainer", "in_trial"])
+def test_a_node_lost_mid_trial_costs_at_most_one_checkpoint_interval(tmp_path, tiny_data,
+                                                                     spot_cluster, path):
+    import mlflow
+
+    from pipeline.sweep import run_sweep
+
+    cluster, local = spot_cluster
+    workers = dict(cpu_workers_per_trial=2, cpus_per_worker=1) if path == "torchtrainer" else \
+        dict(cpu_workers_per_trial=1, cpus_per_worker=2)  # 2 CPUs: only the spot node has them
+    params = study_params(tmp_path, tiny_data,
+                          train=dict(iterations=ITERATIONS, val_interval=EVERY, overlays=0,
+                                     batch_size=2 if path == "torchtrainer" else None),
+                          sweep=dict(losses=["ce"], seeds=[0], max_failures=3, **workers))
+    (tmp_path / "sweeps").mkdir()  # every node of this machine sees it
+    outcome = {}
+    driver = threading.Thread(target=lambda: outcome.update(
+        results=run_sweep("synthetic_voc", params, tmp_path / "results")))
+    driver.start()
+    spot = cluster.worker_nodes[0] if cluster.worker_nodes else None
+    deadline = time.time() + 300
+    killed_after = None
+    while time.time() < deadline and driver.is_alive():
+        folders = list((tmp_path / "sweeps" / "synthetic_voc").glob("ce_seed0_*"))
+        saved = whole_checkpoints(folders[0]) if folders else []
+        if saved and saved[-1] >= 2 * EVERY:
+            killed_after = saved[-1]
+            cluster.remove_node(spot, allow_graceful=False)  # the spot node is taken back
+            cluster.add_node(num_cpus=2, **local)  # and another one joins
+            break
+        time.sleep(0.05)
+    assert killed_after is not None and killed_after < ITERATIONS, "not killed mid-trial"
+    driver.join(timeout=600)
+    assert not driver.is_alive()
+    (trial,) = outcome["results"]["trials"]
+    assert trial["status"] == "finished", trial["error"]
+    assert [h["iteration"] for h in trial["history"]] == list(range(EVERY, ITERATIONS + 1, EVERY))
+    assert len(trial["nodes"]) == 2  # where it ran: the lost node, then the new one
+    summary = json.loads((next((tmp_path / "sweeps" / "synthetic_voc").glob("ce_seed0_*"))
+                          / "final" / "summary.json").read_text())
+    # resumed from the last whole checkpoint: at most one interval trained twice
+    assert summary["resumed_from"] >= killed_after
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.get_run(trial["mlflow_run_id"])
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "mIoU")]
+    assert sorted(steps) == list(range(EVERY, ITERATIONS + 1, EVERY))  # each once
+    assert set(run.data.tags["nodes"].split(",")) == set(trial["nodes"])
