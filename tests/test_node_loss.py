@@ -64,7 +64,7 @@ def test_a_node_lost_mid_trial_costs_at_most_one_checkpoint_interval(tmp_path, t
     driver = threading.Thread(target=lambda: outcome.update(
         results=run_sweep("synthetic_voc", params, tmp_path / "results")))
     driver.start()
-    spot = cluster.worker_nodes[0] if cluster.worker_nodes else None
+    (spot,) = cluster.worker_nodes
     deadline = time.time() + 300
     killed_after = None
     while time.time() < deadline and driver.is_alive():

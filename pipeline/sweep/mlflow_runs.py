@@ -149,6 +149,13 @@ class WriteQueue:
         self._queue: queue.Queue = queue.Queue(maxsize=size)
         self._thread: threading.Thread | None = None
 
+    def __getstate__(self) -> dict:
+        # Tune pickles its callbacks into the experiment's state: the writes stay here
+        return {"_write_safely": self._write_safely, "size": self._queue.maxsize}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["_write_safely"], state["size"])
+
     def put(self, what: str, write) -> bool:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="mlflow-writes",
