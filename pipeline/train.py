@@ -42,6 +42,8 @@ RESULT_FILES = (SUMMARY, HISTORY, "config.py", "confusion_matrix.png", "confusio
                 "overlays", "logs")
 #: mmengine's text logs of the run (one per attempt), kept in the work dir under this folder.
 LOGS = "logs"
+#: Iterations between two questions to the reporter whether the node is being preempted.
+PREEMPTION_POLL = 10
 #: Auxiliary heads keep mmseg's relative weight (0.4 in the model zoo) for the study's loss.
 DEFAULT_AUX_WEIGHT = 0.4
 #: What decides a run's numbers besides its spec and data: this code and the configs. A run's
@@ -457,6 +459,14 @@ class Reporter:
         """The final evaluation and the run's files (`RESULT_FILES` and `last_checkpoint`
         under `work_dir`, rank 0); None when the run had finished before (restored)."""
 
+    def preempted(self) -> bool:
+        """Is the machine about to be taken back (a spot node drained)? Asked of every rank at
+        the same iterations (every PREEMPTION_POLL); True once is enough."""
+        return False
+
+    def checkpointed(self, iteration: int, checkpoint: Path | None) -> None:
+        """A checkpoint saved between evaluations (before a preemption); rank 0 has it."""
+
 
 def last_checkpoint(work_dir: Path) -> Path | None:
     """The checkpoint mmengine saved last in `work_dir` (its `last_checkpoint` pointer)."""
@@ -497,6 +507,7 @@ def _study_hook_class():
             self.history: list[dict] = []
             self._loss_sum = 0.0
             self._loss_count = 0
+            self._saved_for_preemption = False
             # lr, timings, memory and (rank 0) system metrics of each evaluation
             self.watch = RunWatch(sample_system=training and is_main_process())
 
@@ -517,6 +528,22 @@ def _study_hook_class():
             if outputs and "loss" in outputs:
                 self._loss_sum += float(outputs["loss"])
                 self._loss_count += 1
+            if self.reporter is not None and not self._saved_for_preemption and \
+                    runner.iter % PREEMPTION_POLL == 0 and runner.iter < runner.max_iters and \
+                    self.reporter.preempted():
+                # The node is being taken back: a checkpoint now, so the retry on another node
+                # repeats none of the iterations since the last one
+                self._saved_for_preemption = True
+                name = f"iter_{runner.iter}.pth"
+                saved = None
+                if not (self.work_dir / name).is_file():
+                    runner.save_checkpoint(str(self.work_dir), name)  # rank 0 writes it
+                if is_main_process():
+                    saved = self.work_dir / name
+                    (self.work_dir / "last_checkpoint").write_text(str(saved))
+                    self._write_history()
+                    keep_log(runner, self.work_dir, LOGS)
+                self.reporter.checkpointed(runner.iter, saved)
 
         def before_val_epoch(self, runner) -> None:
             self._begin_pass(runner, runner.val_dataloader.dataset)

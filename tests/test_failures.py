@@ -359,7 +359,14 @@ def test_one_driver_per_sweep_storage(tmp_path):
     assert not storage.exists("voc", LOCK)
     with second:
         assert storage.read_json("voc", LOCK)["owner"] == second.me["owner"]
-    # a driver killed without releasing: its lock goes stale
+    # a driver of this machine killed with kill -9: its lock is taken over at once
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    storage.write_json({"owner": "killed", "host": second.me["host"], "pid": gone.pid,
+                        "since": 0, "heartbeat": time.time()}, "voc", LOCK)
+    with DriverLock(storage, "voc", settle_s=0.05):
+        pass
+    # a driver elsewhere killed without releasing: its lock goes stale
     storage.write_json({"owner": "dead", "host": "h", "pid": 1, "since": 0,
                         "heartbeat": time.time() - 500}, "voc", LOCK)
     with DriverLock(storage, "voc", settle_s=0.05) as third:

@@ -27,6 +27,8 @@ def spot_cluster(monkeypatch):
     from ray.cluster_utils import Cluster
 
     monkeypatch.setattr(ray._private.services, "resolve_ip_for_localhost", lambda host: host)
+    # the nodes' processes inherit it: Ray Train looks for drained nodes every 0.5 s, not 5
+    monkeypatch.setenv("RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S", "0.5")
     local = dict(node_ip_address="127.0.0.1", include_dashboard=False)
     cluster = Cluster(initialize_head=True, head_node_args=dict(num_cpus=1, **local))
     cluster.add_node(num_cpus=2, **local)
@@ -92,3 +94,59 @@ def test_a_node_lost_mid_trial_costs_at_most_one_checkpoint_interval(tmp_path, t
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "mIoU")]
     assert sorted(steps) == list(range(EVERY, ITERATIONS + 1, EVERY))  # each once
     assert set(run.data.tags["nodes"].split(",")) == set(trial["nodes"])
+
+
+@pytest.mark.parametrize("path", ["torchtrainer", "in_trial"])
+def test_a_drained_node_gets_a_checkpoint_before_it_goes(tmp_path, tiny_data, spot_cluster,
+                                                         path):
+    """Ray's preemption notice (the node drained, as an autoscaler does before a spot node is
+    reclaimed): the trial saves a checkpoint between its regular ones, and after the node is
+    gone resumes from it."""
+    import ray as ray_module
+    import ray._raylet
+
+    from pipeline.sweep import run_sweep
+    from pipeline.train import PREEMPTION_POLL
+
+    cluster, local = spot_cluster
+    workers = dict(cpu_workers_per_trial=2, cpus_per_worker=1) if path == "torchtrainer" else \
+        dict(cpu_workers_per_trial=1, cpus_per_worker=2)
+    every, checkpoints = 5, 60  # regular checkpoints at 60 and 120 only
+    params = study_params(tmp_path, tiny_data,
+                          train=dict(iterations=120, val_interval=every,
+                                     checkpoint_interval=checkpoints, overlays=0,
+                                     batch_size=2 if path == "torchtrainer" else None),
+                          sweep=dict(losses=["ce"], seeds=[0], max_failures=3, **workers))
+    (tmp_path / "sweeps").mkdir()
+    outcome = {}
+    driver = threading.Thread(target=lambda: outcome.update(
+        results=run_sweep("synthetic_voc", params, tmp_path / "results")))
+    driver.start()
+    (spot,) = cluster.worker_nodes
+    deadline = time.time() + 300
+    # the trial holds the spot node's 2 CPUs: it is there (the drain stays until it goes)
+    while time.time() < deadline and driver.is_alive() and not (
+            ray_module.is_initialized() and ray_module.available_resources().get("CPU", 3) <= 1):
+        time.sleep(0.1)
+    # what `ray drain-node --reason DRAIN_NODE_REASON_PREEMPTION` (and an autoscaler) sends
+    from ray.core.generated import autoscaler_pb2
+
+    accepted, why = ray_module._raylet.GcsClient(address=cluster.address).drain_node(
+        spot.node_id, autoscaler_pb2.DrainNodeReason.Value("DRAIN_NODE_REASON_PREEMPTION"),
+        "spot reclaim", int((time.time() + 60) * 1000))
+    assert accepted, why
+    saved = []
+    while time.time() < deadline and driver.is_alive() and not saved:
+        found = list((tmp_path / "sweeps" / "synthetic_voc").glob("ce_seed0_*"))
+        saved = [n for n in whole_checkpoints(found[0]) if n % checkpoints] if found else []
+        time.sleep(0.05)
+    trial_dir = found[0]
+    assert saved and saved[0] % PREEMPTION_POLL == 0, "no checkpoint on the notice"
+    cluster.remove_node(spot, allow_graceful=False)
+    cluster.add_node(num_cpus=2, **local)
+    driver.join(timeout=600)
+    (trial,) = outcome["results"]["trials"]
+    assert trial["status"] == "finished", trial["error"]
+    summary = json.loads((trial_dir / "final" / "summary.json").read_text())
+    assert summary["resumed_from"] >= saved[0]  # not from iteration 0
+    assert [h["iteration"] for h in trial["history"]] == list(range(every, 121, every))

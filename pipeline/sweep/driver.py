@@ -97,6 +97,10 @@ def _tune_callback(tracking: SweepTracking, trials: dict[str, Trial], progress: 
                 tracking.later("tags", lambda: tracking.tracker.set_tags(
                     tracking.child(ours), {"nodes": ",".join(nodes)}))
             if "mIoU" not in result:
+                if result.get("preempted"):
+                    _log(f"saved  {ours.name} at iteration {result.get('iteration')}: its "
+                         "node is being taken back")
+                    self._covered(ours, result)
                 return
             record = {"iteration": result.get("iteration"), "world_size": result.get("world_size"),
                       **{k: result.get(k) for k in (*METRICS, "loss")}, **live_metrics(result)}
@@ -107,13 +111,20 @@ def _tune_callback(tracking: SweepTracking, trials: dict[str, Trial], progress: 
             uncovered = self.uncovered.setdefault(ours.key, [])
             uncovered[:] = [h for h in uncovered if h["iteration"] < record["iteration"]]
             uncovered.append(record)
-            if result.get("checkpoint_name"):  # in the storage now: never redone
-                covered, uncovered[:] = list(uncovered), []
-                tracking.later("metrics", lambda: tracking.tracker.log_evaluations(
-                    tracking.child(ours), covered))
+            self._covered(ours, result)
             if not result.get("final"):
                 _log(f"eval   {ours.name} iter {record['iteration']}: {_measures(record)} "
                      f"(world size {record['world_size']})")
+
+        def _covered(self, ours: Trial, result: dict) -> None:
+            """With a checkpoint in the storage, the evaluations up to it are never redone:
+            MLflow gets them now."""
+            uncovered = self.uncovered.get(ours.key, [])
+            if not result.get("checkpoint_name") or not uncovered:
+                return
+            covered, uncovered[:] = list(uncovered), []
+            tracking.later("metrics", lambda: tracking.tracker.log_evaluations(
+                tracking.child(ours), covered))
 
         @_guarded
         def on_trial_complete(self, iteration, trials, trial, **info):

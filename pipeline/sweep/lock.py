@@ -6,7 +6,8 @@ MLflow's find-then-create making twin runs).
 The driver holds `<storage>/<dataset>/driver.lock`, naming itself and refreshed every
 HEARTBEAT_S by a thread; another driver that finds a fresh one stops before Ray starts (exit
 status 2), naming the holder. A lock whose heartbeat is older than STALE_S (its driver was
-killed, its machine lost) is taken over. An object store has no atomic create-if-absent that
+killed, its machine lost) is taken over, at once when its driver ran on this machine and its
+process is gone (a `kill -9` and a rerun). An object store has no atomic create-if-absent that
 pyarrow offers, so the driver writes its claim, waits, and reads it back: of two drivers that
 claim in the same instant, one reads the other's name and stops.
 """
@@ -27,6 +28,17 @@ STALE_S = 120.0
 SETTLE_S = 1.0  # between the claim and its reading back
 
 
+def process_alive(pid: int) -> bool:
+    """A process of this machine with that pid exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return pid > 0
+    return pid > 0
+
+
 class SweepLocked(ParamsError):
     """Another driver runs this sweep on this storage."""
 
@@ -42,11 +54,14 @@ class DriverLock:
         self._thread: threading.Thread | None = None
 
     def _holder(self) -> dict | None:
+        """The live driver that holds the lock, if another one does."""
         held = self.storage.read_json(self.dataset, LOCK)
-        if held and held.get("owner") != self.me["owner"] and \
-                time.time() - held.get("heartbeat", 0) < self.stale_s:
-            return held
-        return None
+        if not held or held.get("owner") == self.me["owner"] or \
+                time.time() - held.get("heartbeat", 0) >= self.stale_s:
+            return None
+        if held.get("host") == self.me["host"] and not process_alive(held.get("pid", 0)):
+            return None  # killed on this machine (kill -9, a crash): no need to wait
+        return held
 
     def acquire(self) -> None:
         for _ in range(2):  # the claim, and once more if the reading back found a tie

@@ -28,6 +28,7 @@ from ..train import (
 )
 from .datasets import DatasetVersion, dataset_folder
 from .failures import record_failure
+from .lock import process_alive
 from .storage import FINAL, Storage
 
 #: Written by the driver into `<storage>/<dataset>/` before any trial starts: a rank that does
@@ -62,6 +63,9 @@ class TrialReporter(Reporter):
         files = [checkpoint, *([logs] if logs.is_dir() else []), self.work_dir / HISTORY] \
             if checkpoint else []
         self._report(record, files, checkpoint.stem if checkpoint else None)
+
+    def checkpointed(self, iteration: int, checkpoint: Path | None) -> None:
+        self.evaluation({"iteration": iteration, "preempted": True}, checkpoint)
 
     def finished(self, summary: dict, work_dir: Path | None) -> None:
         record = {"iteration": summary["iterations"], **{m: summary[m] for m in METRICS},
@@ -145,6 +149,12 @@ class RayTrainReporter(TrialReporter):
         checkpoint.to_directory(str(work_dir))
         return self._resume_from(work_dir)
 
+    def preempted(self) -> bool:
+        """Ray Train's notice of a drained node under one of the ranks (every rank asks)."""
+        import ray.train
+
+        return ray.train.get_preemption_info() is not None
+
     def _persist(self, metrics: dict, folder: Path | None, name: str | None) -> None:
         import ray.train
 
@@ -164,6 +174,13 @@ class TuneTrialReporter(TrialReporter):
             return None
         self.storage.download(work_dir, *self.folder, latest)
         return self._resume_from(work_dir)
+
+    def preempted(self) -> bool:
+        """This node is being drained (Ray Core's drain, which an autoscaler sends before a
+        spot node goes): the single-worker trial has no Ray Train to tell it."""
+        import ray
+
+        return _draining(ray.get_runtime_context().get_node_id())
 
     def _persist(self, metrics: dict, folder: Path | None, name: str | None) -> None:
         from ray import tune
@@ -246,6 +263,16 @@ def _train_rank(config: dict, rank: int, reporter_class) -> None:
         shutil.rmtree(work_dir, ignore_errors=True)  # the trial lives on in the storage
 
 
+def _draining(node_id: str) -> bool:
+    """Ray Core's draining nodes (what Ray Train's own preemption watcher polls)."""
+    import ray._private.state
+
+    try:
+        return node_id in ray._private.state.state.get_draining_nodes()
+    except Exception:  # noqa: BLE001 - no answer from the GCS: no notice
+        return False
+
+
 def clear_dead_attempts(local: Path) -> list[Path]:
     """Remove the node-local work dirs of attempts whose process is gone (a worker killed with
     its node's raylet, a crashed rank): a retried trial lives on in the storage, and their
@@ -257,20 +284,10 @@ def clear_dead_attempts(local: Path) -> list[Path]:
             pid = int(owner.read_text())
         except (OSError, ValueError):
             continue  # being created, or not a trial's
-        if not _alive(pid):
+        if not process_alive(pid):
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _worker_nodes() -> list[str]:
