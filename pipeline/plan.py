@@ -197,10 +197,10 @@ def plan_dataset(params: dict, dataset: str, plan: PlanParams) -> DatasetPlan:
                  subset=train.val_subset, start_pass=protocol == "finetune", **common)]
     arm = sweep.convergence
     if arm.losses:
-        arm_checkpoint = max(arm.val_interval, (checkpoint or 0) // arm.val_interval *
-                             arm.val_interval) if train.checkpoint_interval else arm.val_interval
         arms.append(_arm("convergence", len(arm.losses) * len(sweep.seeds), arm.iterations,
-                         arm.val_interval, arm_checkpoint, subset=train.val_subset,
+                         arm.val_interval,
+                         arm.checkpoint_interval(train.checkpoint_interval) or arm.val_interval,
+                         subset=train.val_subset,
                          start_pass=arm.start == "early", **common))
     result = DatasetPlan(dataset, Path(config).stem, sweep.gpus_per_trial, devices, batch,
                          train.amp, arms, cost.source, notes)

@@ -79,6 +79,13 @@ class ConvergenceParams:
     val_interval: int = 10
     lr: float | None = None  # null: the config's (what the pre-training trains with)
 
+    def checkpoint_interval(self, finetune_interval: int | None) -> int | None:
+        """The arm's checkpoint interval: the fine-tuning's, cut to a multiple of the arm's
+        evaluations (None: at every evaluation)."""
+        if finetune_interval is None:
+            return None
+        return max(self.val_interval, finetune_interval // self.val_interval * self.val_interval)
+
     def validate(self, where: str) -> None:
         if self.start not in CONVERGENCE_STARTS:
             raise ParamsError(f"params.yaml: {where}.start must be one of "

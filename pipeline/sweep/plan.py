@@ -231,13 +231,8 @@ def plan_trials(study: Study) -> list[Trial]:
             add(CONVERGENCE, loss, seed, arm.lr, study.convergence_start,
                 f"convergence_{loss}_seed{seed}", iterations=arm.iterations,
                 val_interval=arm.val_interval, schedule="constant",
-                checkpoint_interval=_multiple(train.checkpoint_interval, arm.val_interval))
+                checkpoint_interval=arm.checkpoint_interval(train.checkpoint_interval))
     return trials
-
-
-def _multiple(interval: int | None, of: int) -> int | None:
-    """The largest multiple of `of` not above `interval` (None: every evaluation)."""
-    return None if interval is None else max(of, interval // of * of)
 
 
 def sweep_key(trials: list[Trial]) -> str:
