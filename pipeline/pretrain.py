@@ -32,14 +32,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from .contracts import (  # noqa: F401 - what this stage writes, defined under the stages
+    EARLY,
+    MODEL,
+    PRETRAIN_KEY,
+    PRETRAIN_SUMMARY,
+    StartingPoint,
+    sha256_of,
+)
 from .measures import METRICS
 from .params import ParamsError, check_schedule, load_params, lookup, parse_section
 
 PROTOCOLS = ("finetune", "scratch")
-MODEL = "model.pth"
-EARLY = "early.pth"
-SUMMARY = "summary.json"
-PRETRAIN_KEY = "pixiou.pretrain_key"  # the MLflow tag that finds the stage's run again
+SUMMARY = PRETRAIN_SUMMARY
 #: The pre-training's loss: plain cross-entropy, as the model zoo's CE checkpoints were trained.
 PRETRAIN_LOSS = {"type": "CrossEntropyLoss", "loss_weight": 1.0}
 
@@ -93,33 +98,6 @@ class PretrainParams:
                               f"{where}.iterations ({self.iterations}), or null; got {early}")
 
 
-@dataclass(frozen=True)
-class StartingPoint:
-    """Where a sweep's trials start: their protocol and, fine-tuning, the checkpoint."""
-
-    protocol: str  # finetune, scratch, or early (the pre-training's early weights)
-    sha256: str | None = None
-    mIoU: float | None = None
-    source: str | None = None  # 'trained' (this stage) or 'published' (a model zoo)
-    path: str | None = None  # model.pth (early.pth) on this machine
-    iteration: int | None = None  # early: the pre-training's iteration
-
-    def identity(self) -> dict:
-        """What a trial's key depends on (not where the file lies)."""
-        identity = {"protocol": self.protocol, "sha256": self.sha256, "mIoU": self.mIoU}
-        return identity | ({"iteration": self.iteration} if self.iteration else {})
-
-    def describe(self) -> str:
-        """For captions and run descriptions."""
-        if self.protocol == "scratch":
-            return "trained from scratch"
-        if self.protocol == "early":
-            return (f"trained from the CE pre-training's weights at iteration {self.iteration} "
-                    f"({self.sha256[:12]}, mIoU {self.mIoU:.2f})")
-        return (f"fine-tuned from the CE checkpoint {self.sha256[:12]} ({self.source}, "
-                f"mIoU {self.mIoU:.2f})")
-
-
 def study_protocol(params: dict) -> str:
     protocol = lookup(params, "study.protocol")
     if protocol not in PROTOCOLS:
@@ -167,13 +145,6 @@ def early_point(dataset: str, folder: Path) -> StartingPoint:
                           f"scratch, or sweep.convergence.losses: [] to leave the arm out")
     return StartingPoint("early", early["sha256"], early["mIoU"], "trained",
                          str((folder / EARLY).resolve()), early["iteration"])
-
-
-def sha256_of(path: Path) -> str:
-    """The file's sha256 (hex), as the data stage's downloads are checked."""
-    from .data.download import file_hash
-
-    return file_hash(path, "sha256").removeprefix("sha256:")
 
 
 # --- a published checkpoint ---------------------------------------------------------------------

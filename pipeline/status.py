@@ -15,8 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from .contracts import PRETRAIN_KEY
 from .params import ParamsError, load_params, lookup, parse_section
-from .pretrain import PRETRAIN_KEY
 from .progress import duration, standing
 from .tracking import PARENT, SWEEP_KEY, Tracker, TrackingParams, tracking_uri
 

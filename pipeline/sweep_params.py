@@ -108,6 +108,9 @@ class SweepParams:
     cpus_per_worker: int = 1
     max_concurrent_trials: int | None = None
     max_failures: int = 1
+    # the same error at the same iteration this many attempts in a row: the trial fails for
+    # good, whatever max_failures says (an error no retry mends)
+    max_repeated_failures: int = 3
     # a DDP collective (all-reduce, barrier) that waits longer fails the trial, which is then
     # retried: a hung rank costs this, not torch's default 30 minutes
     collective_timeout_s: int = 300
@@ -140,7 +143,7 @@ class SweepParams:
             raise ParamsError(f"params.yaml: {where}.max_failures must be >= 0, or -1 to retry "
                               f"a crashed trial forever (Tune's convention), got "
                               f"{self.max_failures}")
-        for key in ("cpu_workers_per_trial", "cpus_per_worker"):
+        for key in ("cpu_workers_per_trial", "cpus_per_worker", "max_repeated_failures"):
             if getattr(self, key) < 1:
                 raise ParamsError(f"params.yaml: {where}.{key} must be >= 1")
         if self.collective_timeout_s < 10:

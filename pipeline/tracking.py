@@ -136,7 +136,8 @@ class Tracker:
         self.params = params
         self.uri = tracking_uri(params)
         self.secrets = environment_secrets()
-        self.client = MlflowClient(self.uri)
+        with self._first_use():  # MLflow opens (and creates, migrates) the store here
+            self.client = MlflowClient(self.uri)
         self._experiment_id: str | None = None
         self._children: dict[tuple[str, str], str] = {}  # (parent, trial key) -> run id
 
@@ -167,7 +168,8 @@ class Tracker:
                                   str(math.ceil(self.params.timeout_seconds)))
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         try:
-            self.experiment_id()
+            with self._first_use():
+                self.experiment_id()
         except Exception as error:  # noqa: BLE001 - any failure: the store cannot be used
             hint = ("start it (e.g. `make ui`) or unset MLFLOW_TRACKING_URI to log to "
                     f"{self.params.uri}") if "MLFLOW_TRACKING_URI" in os.environ else \
@@ -178,6 +180,19 @@ class Tracker:
         finally:
             if saved_retries is None:
                 os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)
+
+    def _first_use(self):
+        """A file lock beside a sqlite store while it is opened and its experiment created: two
+        drivers started at once (a double submit) would both migrate a new database."""
+        import contextlib
+
+        from filelock import FileLock
+
+        if not self.uri.startswith("sqlite:///"):
+            return contextlib.nullcontext()
+        database = Path(self.uri.removeprefix("sqlite:///"))
+        database.parent.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(database) + ".lock")
 
     def experiment_id(self) -> str:
         if self._experiment_id is None:

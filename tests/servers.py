@@ -162,3 +162,83 @@ def ray_cluster(tmp: Path, nodes: list[int], env: dict) -> Iterator[tuple[str, l
         yield address, node_ids
     finally:
         stop(host, timeout=60)
+
+
+class FailingProxy:
+    """An HTTP proxy on 127.0.0.1 in front of an S3 API that, while `failing` is set, answers
+    every request 503 SlowDown (what S3 says when it throttles), counting them. A thread of the
+    test's own process: it stops with `close()`."""
+
+    ERROR = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code><Message>'
+             b'Please reduce your request rate.</Message></Error>')
+
+    def __init__(self, target: str):
+        import http.client
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import urlsplit
+
+        proxy, upstream = self, urlsplit(target)
+        self.failing = threading.Event()
+        self.refused = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _body(self) -> bytes:
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    chunks = []
+                    while size := int(self.rfile.readline().split(b";")[0], 16):
+                        chunks.append(self.rfile.read(size))
+                        self.rfile.readline()
+                    self.rfile.readline()
+                    return b"".join(chunks)
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+            def _forward(self) -> None:
+                body = self._body()
+                if proxy.failing.is_set():
+                    proxy.refused += 1
+                    self.send_response(503)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(FailingProxy.ERROR)))
+                    self.end_headers()
+                    self.wfile.write(FailingProxy.ERROR)
+                    return
+                headers = {k: v for k, v in self.headers.items()
+                           if k.lower() not in ("transfer-encoding", "connection")}
+                if body or self.command in ("PUT", "POST"):
+                    headers["Content-Length"] = str(len(body))
+                connection = http.client.HTTPConnection(upstream.hostname, upstream.port,
+                                                        timeout=60)
+                try:
+                    connection.request(self.command, self.path, body=body, headers=headers)
+                    answer = connection.getresponse()
+                    data = answer.read()
+                finally:
+                    connection.close()
+                self.send_response(answer.status)
+                head = self.command == "HEAD"  # its Content-Length is the object's size
+                for key, value in answer.getheaders():
+                    if key.lower() not in ("transfer-encoding", "connection") and \
+                            (head or key.lower() != "content-length"):
+                        self.send_header(key, value)
+                if not head:
+                    self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward  # noqa: N815
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -95,9 +95,10 @@ def cluster_env(stack) -> dict:
             "MLFLOW_TRACKING_URI": stack["tracking"].url}
 
 
-def driver(stack, params: Path, results: Path, cwd: Path = ROOT, **popen):
+def driver(stack, params: Path, results: Path, cwd: Path = ROOT, extra_env: dict | None = None,
+           **popen):
     """`python -m pipeline.sweep synthetic_voc`, the sweep's driver, joining the cluster."""
-    env = cluster_env(stack)
+    env = {**cluster_env(stack), **(extra_env or {})}
     args = [sys.executable, "-m", "pipeline.sweep", "synthetic_voc", "--params", str(params),
             "--results-dir", str(results)]
     if popen:
@@ -178,31 +179,56 @@ def test_a_sweep_on_two_nodes_keeps_its_trials_in_s3_and_survives_kill_9(tmp_pat
     assert nodes == set(stack["nodes"])  # two trials at once: one on each 1-CPU node
 
 
+#: MLflow's own retries of a request, cut from their defaults (7 retries, back-off factor 2:
+#: about 4 minutes) so that an outage longer than them fits in a test.
+MLFLOW_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+def _mlflow_gives_up_after(url: str) -> float:
+    """Seconds an MLflow client (with MLFLOW_RETRIES) takes to give up on a server that is
+    down: measured, not assumed."""
+    probe = ("import time, mlflow\nstart = time.monotonic()\ntry:\n"
+             f"    mlflow.MlflowClient('{url}').search_experiments()\n"
+             "except Exception:\n    print(time.monotonic() - start)\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          env={**os.environ, **MLFLOW_RETRIES}, timeout=300)
+    return float(done.stdout.strip().splitlines()[-1])
+
+
 def test_a_tracking_server_outage_loses_no_evaluation(tmp_path, tiny_data, stack):
-    params = study_params(tmp_path, tiny_data, train=dict(iterations=40, val_interval=5),
+    params = study_params(tmp_path, tiny_data, train=dict(iterations=120, val_interval=10),
                           sweep=dict(losses=["ce"], storage="s3://study/outage"),
                           tracking=dict(experiment="outage"))
     log = tmp_path / "driver.log"
     with open(log, "w") as out:
         running = driver(stack, params, tmp_path / "results", stdout=out,
-                         stderr=subprocess.STDOUT)
+                         stderr=subprocess.STDOUT, extra_env=MLFLOW_RETRIES)
     deadline = time.time() + 300
     while "eval   ce_seed0" not in log.read_text():  # the first evaluation was logged
         assert running.poll() is None and time.time() < deadline, log.read_text()[-3000:]
         time.sleep(0.2)
     stack["tracking"].stop()
-    time.sleep(8)
+    outage_started = time.time()
+    landed = set(objects(stack, "outage/"))
+    gives_up = _mlflow_gives_up_after(stack["tracking"].url)
+    time.sleep(max(0.0, max(2 * gives_up, 15.0) - (time.time() - outage_started)))
+    outage = time.time() - outage_started
+    during = {k for k in objects(stack, "outage/") if k not in landed and "/iter_" in k}
     stack["tracking"].start()
+    assert outage > gives_up  # longer than MLflow's own retries
+    print(f"MLflow gave up after {gives_up:.1f} s; the outage lasted {outage:.1f} s")
+    assert during, "no checkpoint landed in the storage during the outage"
     assert running.wait(timeout=600) == 0, log.read_text()[-3000:]
     said = log.read_text()
-    if "warning: MLflow" in said:  # a write failed in the outage: made up for at the end
-        assert "MLflow missed writes during the sweep: logging them now" in said
+    assert "warning: MLflow" in said  # writes failed in the outage ...
+    assert "MLflow missed writes during the sweep: logging them now" in said  # made up for
 
     (child,) = children(stack, "outage")
     assert child["info"]["status"] == "FINISHED"
     history = rest(stack, f"metrics/get-history?run_id={child['info']['run_id']}"
                           "&metric_key=mIoU")["metrics"]
-    assert sorted(m["step"] for m in history) == list(range(5, 41, 5))  # every one, once
+    assert sorted(m["step"] for m in history) == list(range(10, 121, 10))  # each once
     files = {f["path"] for f in rest(stack, f"artifacts/list?run_id={child['info']['run_id']}")
              ["files"]}
     assert {"config.py", "summary.json", "confusion_matrix.png", "overlays"} <= files

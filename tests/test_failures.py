@@ -149,14 +149,22 @@ def test_an_error_no_retry_mends_fails_the_trial_at_once(tmp_path):
     assert failures.fatal_verdict(storage, folder) is None
 
 
-def test_the_same_error_three_times_ends_the_retries_a_machine_error_never(tmp_path):
+def test_the_same_error_at_the_same_iteration_ends_the_retries_a_machine_error_never(
+        tmp_path):
     storage = Storage.parse(str(tmp_path))
     for attempt in range(failures.REPEATS - 1):
         error = RuntimeError(f"size mismatch for decode_head at 0x7f{attempt}a3 (pid={attempt})")
-        assert failures.record_failure(storage, ("d", "t"), error) is None
+        assert failures.record_failure(storage, ("d", "t"), error, iteration=20) is None
     verdict = failures.record_failure(storage, ("d", "t"), RuntimeError(
-        "size mismatch for decode_head at 0x7f9a3 (pid=77)"))
-    assert verdict and "3 attempts in a row" in verdict["why"]
+        "size mismatch for decode_head at 0x7f9a3 (pid=77)"), iteration=20)
+    assert verdict and "at iteration 20 ended 3 attempts in a row" in verdict["why"]
+    # the same error after progress (a later checkpoint each time): retried
+    for iteration in (10, 20, 30, 40):
+        assert failures.record_failure(storage, ("d", "p"), RuntimeError("NaN loss"),
+                                       iteration=iteration) is None
+    # the cap is a param: 2
+    assert failures.record_failure(storage, ("d", "c"), RuntimeError("x"), repeats=2) is None
+    assert failures.record_failure(storage, ("d", "c"), RuntimeError("x"), repeats=2)
 
     class ActorDiedError(RuntimeError):
         pass
@@ -181,21 +189,47 @@ def test_the_root_of_ray_trains_wrappers_is_what_counts():
         "RuntimeError: Ray 2.59 snapshot"
 
 
-@pytest.mark.slow
-def test_retry_forever_ends_on_an_error_that_fails_every_attempt(tmp_path, tiny_data):
-    """max_failures: -1 (spot instances) and an error no retry mends: the sweep ends."""
-    from pipeline.sweep.trial import FAIL_ALWAYS_ENV
+def test_a_ray_snapshot_of_another_ray_version_is_refused_saying_what_to_do(tmp_path):
+    import ray
 
-    params = study_params(tmp_path, tiny_data, sweep={"losses": ["ce"], "seeds": [0],
-                                                      "max_failures": -1})
-    done = sweep(params, tmp_path, env={FAIL_ALWAYS_ENV: "1"}, timeout=300)
+    from pipeline.sweep.checkpoints import RAY_SNAPSHOT, RaySnapshotMismatch, check_ray_snapshot
+
+    storage, folder = Storage.parse(str(tmp_path)), ("voc", "ce_seed0")
+    check_ray_snapshot(storage, folder)  # none yet
+    storage.write_json({"ray_version": ray.__version__}, *folder, RAY_SNAPSHOT)
+    check_ray_snapshot(storage, folder)  # this Ray's
+    storage.write_json({"ray_version": "2.9.3"}, *folder, RAY_SNAPSHOT)
+    for name in ("eval_history.jsonl", "iter_40.pth"):
+        storage.write_json({}, *folder, "iter_40", name)
+    with pytest.raises(RaySnapshotMismatch, match=rf"written by Ray 2.9.3, and this cluster runs "
+                       rf"Ray {ray.__version__}.*Run the sweep with Ray 2.9.3, or delete that "
+                       r"file.*resumes from its newest checkpoint there \(.*iter_40\)") as error:
+        check_ray_snapshot(storage, folder)
+    assert failures.fatal_kind(error.value) == "RaySnapshotMismatch"  # not retried
+
+
+@pytest.mark.slow
+def test_retry_forever_ends_on_a_fault_at_the_same_iteration_of_every_attempt(tmp_path,
+                                                                              tiny_data):
+    """max_failures: -1 (spot instances) and a fault at iteration 4 of every attempt (each
+    resumes from iteration 2): the trial fails after the cap, the other trial finishes, and
+    the sweep exits 1."""
+    from pipeline.sweep.trial import FAIL_AT_ENV
+
+    params = study_params(tmp_path, tiny_data, train={"iterations": 6, "val_interval": 2},
+                          sweep={"losses": ["ce"], "seeds": [0, 1], "max_failures": -1,
+                                 "max_repeated_failures": 2})
+    done = sweep(params, tmp_path, env={FAIL_AT_ENV: "ce_seed0@4"}, timeout=400)
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
-    (trial,) = json.loads((tmp_path / "results" / "synthetic_voc.json").read_text())["trials"]
-    assert trial["status"] == "failed"
-    assert "every attempt of this trial fails the same way" in trial["error"]
-    assert "the same error ended 3 attempts in a row; not retried" in trial["error"]
-    attempts = json.loads(next((tmp_path / "sweeps").rglob("attempts.json")).read_text())
-    assert len(attempts["errors"]) == failures.REPEATS
+    trials = json.loads((tmp_path / "results" / "synthetic_voc.json").read_text())["trials"]
+    status = {t["trial"].rsplit("_", 1)[0]: t for t in trials}
+    assert status["ce_seed1"]["status"] == "finished"
+    assert status["ce_seed0"]["status"] == "failed"
+    assert "injected fault (PIXIOU_FAIL_AT) at iteration 4" in status["ce_seed0"]["error"]
+    assert "the same error at iteration 2 ended 2 attempts in a row" in \
+        status["ce_seed0"]["error"]
+    (attempts,) = (tmp_path / "sweeps").rglob("ce_seed0_*/attempts.json")
+    assert [a["iteration"] for a in json.loads(attempts.read_text())["errors"]] == [2, 2]
     assert "FAILED ce_seed0" in done.stdout
 
 
@@ -336,7 +370,7 @@ def test_a_retried_trial_is_one_trial_and_mlflow_gets_each_step_once(tmp_path, c
     assert "retry  ce_seed0_k" in capsys.readouterr().out
 
 
-def test_one_driver_per_sweep_storage(tmp_path):
+def test_one_driver_per_sweep_storage(tmp_path, capsys):
     """A second driver on the storage stops, naming the first; a dead driver's lock (no
     heartbeat for STALE_S) is taken over; the lock goes with its driver."""
     import time
@@ -371,10 +405,22 @@ def test_one_driver_per_sweep_storage(tmp_path):
                         "heartbeat": time.time() - 500}, "voc", LOCK)
     with DriverLock(storage, "voc", settle_s=0.05) as third:
         assert storage.read_json("voc", LOCK)["owner"] == third.me["owner"]
+        assert storage.read_json("voc", LOCK)["took_over"]["host"] == "h"
+    assert "took over the lock of the driver on host h (pid 1" in capsys.readouterr().out
+    # --force: a fresh lock is taken at once, and the takeover is logged
+    with DriverLock(storage, "voc", settle_s=0.05):
+        with pytest.raises(SweepLocked, match="or at once with `python -m pipeline.sweep "
+                                              "--force`"):
+            DriverLock(storage, "voc", settle_s=0.05).acquire()
+        forced = DriverLock(storage, "voc", settle_s=0.05, force=True)
+        forced.acquire()
+        assert storage.read_json("voc", LOCK)["owner"] == forced.me["owner"]
+        forced.release()
+    assert f"pid {__import__('os').getpid()}" in capsys.readouterr().out.split("--force")[0]
 
 
 @pytest.mark.slow
-def test_a_second_driver_of_a_running_sweep_stops_before_training(tmp_path, tiny_data):
+def test_two_drivers_started_within_a_second_one_trains_the_other_stops(tmp_path, tiny_data):
     import os
     import time
 
@@ -384,21 +430,27 @@ def test_a_second_driver_of_a_running_sweep_stops_before_training(tmp_path, tiny
     params = study_params(tmp_path, tiny_data, sweep={"losses": ["ce", "lovasz"], "seeds": [0]})
     command = [sys.executable, "-m", "pipeline.sweep", "synthetic_voc", "--params", str(params),
                "--results-dir", str(tmp_path / "results")]
-    first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True, env=dict(os.environ))
+    drivers = []
     try:
-        lock = tmp_path / "sweeps" / "synthetic_voc" / LOCK
-        deadline = time.time() + 120
-        while not lock.exists() and time.time() < deadline and first.poll() is None:
-            time.sleep(0.2)
-        assert lock.exists()
-        second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
-        assert second.returncode == 2, second.stdout[-2000:] + second.stderr[-2000:]
-        assert "another driver runs this sweep" in second.stderr
-        assert f"pid {first.pid}" in second.stderr
-        out, _ = first.communicate(timeout=300)
+        for _ in range(2):  # a double `ray job submit`
+            drivers.append((time.monotonic(), subprocess.Popen(
+                command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                env=dict(os.environ))))
+            time.sleep(0.5)
+        while all(process.poll() is None for _, process in drivers):
+            time.sleep(0.1)
+        started, first_out = next(d for d in drivers if d[1].poll() is not None)
+        assert time.monotonic() - started < 30  # the second driver stops within 30 s
+        said = {process.pid: process.communicate(timeout=400)[0] for _, process in drivers}
     finally:
-        if first.poll() is None:
-            first.kill()
-    assert first.returncode == 0, out[-3000:]
-    assert "2 finished" in out and not lock.exists()
+        for _, process in drivers:
+            if process.poll() is None:
+                process.kill()
+    codes = sorted(process.returncode for _, process in drivers)
+    assert codes == [0, 2], "\n".join(out[-2500:] for out in said.values())
+    (_, stopped), (_, trained) = sorted(drivers, key=lambda d: -d[1].returncode)
+    assert stopped is first_out
+    assert "another driver runs this sweep" in said[stopped.pid]
+    assert f"pid {trained.pid}" in said[stopped.pid]  # it names the one that trains
+    assert "2 finished" in said[trained.pid]
+    assert not (tmp_path / "sweeps" / "synthetic_voc" / LOCK).exists()

@@ -82,3 +82,16 @@ def test_max_failures_takes_tunes_retry_forever(value, ok):
     else:
         with pytest.raises(ParamsError, match="max_failures must be >= 0, or -1"):
             parse_section(SweepParams, data, "sweep")
+
+
+@pytest.mark.parametrize("value,ok", [(1, True), (3, True), (0, False)])
+def test_the_repeated_failure_cap_is_at_least_one_attempt(value, ok):
+    from pipeline.params import parse_section
+    from pipeline.sweep import SweepParams
+
+    data = dict(losses=["ce"], seeds=[0], max_repeated_failures=value)
+    if ok:
+        assert parse_section(SweepParams, data, "sweep").max_repeated_failures == value
+    else:
+        with pytest.raises(ParamsError, match="sweep.max_repeated_failures must be >= 1"):
+            parse_section(SweepParams, data, "sweep")

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..contracts import StartingPoint
 from ..data.layouts import CITYSCAPES_CLASSES, VOC_CLASSES
 from ..measures import METRICS, MIOU
-from ..pretrain import StartingPoint
 from ..stats import mean_over_curve
 from ..study_losses import StudyLoss
 

@@ -2,6 +2,7 @@
 
     python -m pipeline.sweep synthetic_voc [--params params.yaml]
     python -m pipeline.sweep synthetic_voc --fetch   # results of a sweep run as a Ray job
+    python -m pipeline.sweep synthetic_voc --force   # take over a dead driver's lock now
 
 Ray Tune's `Tuner` runs one trial per grid point; each trial is a Ray Train `TorchTrainer`
 with `sweep.gpus_per_trial` GPU workers (or `sweep.cpu_workers_per_trial` gloo workers), each
@@ -13,7 +14,9 @@ The package, by concern:
     storage.py   the sweep's storage (a path or s3://...), one pyarrow filesystem
     datasets.py  the dataset on every node: a shared path, or pulled from a DVC remote
     trial.py     what runs inside Ray: the trial's TorchTrainer and its DDP workers
+    checkpoints.py  a trial's checkpoints in the storage: the newest whole one, Ray's snapshot
     failures.py  which failures of a trial are worth another attempt
+    lock.py      one driver per sweep storage
     cluster.py   the Ray the sweep runs on, and whether a trial fits there
     driver.py    the Tuner and its callbacks (none of which raises)
     mlflow_runs.py  the sweep's MLflow runs, and the reconciliation at the end

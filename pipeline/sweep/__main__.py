@@ -1,4 +1,5 @@
-"""python -m pipeline.sweep <dataset> [--params params.yaml] [--results-dir results] [--fetch]"""
+"""python -m pipeline.sweep <dataset> [--params params.yaml] [--results-dir results] [--fetch]
+[--force]"""
 from __future__ import annotations
 
 import argparse
@@ -24,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fetch", action="store_true",
                         help="train nothing: copy the results that a sweep (e.g. a Ray job) "
                              "left in sweep.storage to <results-dir>/<dataset>.json")
+    parser.add_argument("--force", action="store_true",
+                        help="take over another driver's lock on the storage at once (it is "
+                             "dead, but its heartbeat is not yet stale); logged")
     args = parser.parse_args(argv)
     try:
         if args.fetch:
@@ -33,12 +37,14 @@ def main(argv: list[str] | None = None) -> int:
                                 Path(args.results_dir))
             print(f"[sweep] {args.dataset}: results fetched -> {out}")
             return 0
-        results = run_sweep(args.dataset, args.params, Path(args.results_dir))
+        results = run_sweep(args.dataset, args.params, Path(args.results_dir),
+                            force_lock=args.force)
     except (ParamsError, TrackingError, DatasetMismatch, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if not any(t["status"] == "finished" for t in results["trials"]):
-        return 1
+    if any(t["status"] == "failed" for t in results["trials"]) or \
+            not any(t["status"] == "finished" for t in results["trials"]):
+        return 1  # a trial failed (its error is in the results): the study is not whole
     return 0 if results["mlflow_complete"] else 3
 
 

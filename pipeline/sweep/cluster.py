@@ -11,7 +11,7 @@ import os
 from ..determinism import determinism
 from ..params import ParamsError
 from .plan import SweepParams
-from .trial import FAIL_ALWAYS_ENV, FAULT_ENV
+from .trial import FAIL_AT_ENV, FAULT_ENV
 
 #: Settings of the driver's environment that the workers need as they are: the S3-compatible
 #: endpoint and region of the storage (credentials stay in the nodes' own environment).
@@ -83,7 +83,7 @@ def worker_env(sweep: SweepParams, deterministic: bool) -> dict[str, str]:
                 os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")}
     # cuBLAS reads its workspace setting when a process makes its first handle: set it before.
     env_vars.update(determinism(deterministic, on_gpu=sweep.use_gpu).env)
-    for name in (*FORWARDED_ENV, FAULT_ENV, FAIL_ALWAYS_ENV):
+    for name in (*FORWARDED_ENV, FAULT_ENV, FAIL_AT_ENV):
         if os.environ.get(name):
             env_vars[name] = os.environ[name]
     return env_vars

@@ -14,6 +14,7 @@ trains, so a node that sees other data fails the trial by name instead of traini
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import socket
@@ -98,20 +99,23 @@ def verify(folder: Path, version: DatasetVersion) -> Path:
     return folder
 
 
-def stage_from_remote(version: DatasetVersion) -> Path:
-    """Pull `version` from its DVC remote into this node's cache, once; the dataset folder."""
-    return pull_locked(version.dataset, version.dvc_md5, version.remote, version.cache)
+def stage_from_remote(version: DatasetVersion, check: str | None = None) -> Path:
+    """Pull `version` from its DVC remote into this node's cache, once; the dataset folder.
+    `check` names a use that hashes every file again (see `pull_locked`)."""
+    return pull_locked(version.dataset, version.dvc_md5, version.remote, version.cache, check)
 
 
-def pull_locked(name: str, md5: str, remote: dict, cache: str) -> Path:
+def pull_locked(name: str, md5: str, remote: dict, cache: str, check: str | None = None) -> Path:
     """The DVC-tracked folder `name` at hash `md5`, pulled from `remote` into this node's
     `cache` once (under a file lock); its path.
 
     A no-SCM DVC repo in the cache holds one `.dvc` file per version: DVC fetches and checks
     out exactly that hash, verifying its objects, and a second trial on the node finds it done.
-    The copy is not trusted forever: `.complete` lists every file with its size, and a later
-    trial that finds one missing or of another size (a disk cleaned, a copy cut short) has DVC
-    pull and check out the version again, restoring what changed.
+    The copy is not trusted forever. Every use compares each file's size with the list that
+    `.complete` keeps (a stat each: a disk cleaned, a copy cut short). A use named `check` that
+    this copy has not seen (the first on a node, the first after a failed attempt) hashes
+    every file against DVC's manifest of the version (its `.dir` object: a md5 per file); a
+    file that differs, even at the same size, is removed and pulled again.
     """
     from filelock import FileLock
 
@@ -120,11 +124,42 @@ def pull_locked(name: str, md5: str, remote: dict, cache: str) -> Path:
     done = folder / ".complete"
     cache_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):
-        listing = _listing(done)
-        if listing is None or not _intact(folder / name, listing):
-            _pull(name, md5, remote, folder, force=listing is not None)
-            done.write_text(json.dumps(_sizes(folder / name)))
+        state = _state(done)
+        if state is None or not _intact(folder / name, state["sizes"]):
+            _pull(name, md5, remote, folder, force=state is not None)
+            state = {"sizes": _sizes(folder / name), "checked": []}
+        if check is not None and check not in state["checked"]:
+            damaged = _differing(folder, name, md5)
+            if damaged:
+                print(f"[data] node {socket.gethostname()}: {len(damaged)} file(s) of {name} "
+                      f"differ from DVC's manifest of {md5} ({', '.join(damaged[:3])}"
+                      f"{', ...' if len(damaged) > 3 else ''}): pulled again", flush=True)
+                _forget(folder, name, md5, damaged)
+                _pull(name, md5, remote, folder, force=True)
+                still = _differing(folder, name, md5)
+                if still:
+                    raise DatasetMismatch(
+                        f"node {socket.gethostname()}: {folder / name}: {', '.join(still[:3])} "
+                        f"still differ from DVC's manifest of {md5} after a new pull: the "
+                        "remote's copy is damaged (`dvc push` it again)")
+                state["sizes"] = _sizes(folder / name)
+            state["checked"] = [*state["checked"], check][-100:]
+        done.write_text(json.dumps(state))
     return folder / name
+
+
+def node_use() -> str:
+    """This node, as a use of a node's dataset copy: its Ray node id inside Ray (a node that
+    joins again is a new one), else the machine's boot."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - no Ray context: the machine's own identity
+        pass
+    boot = Path("/proc/sys/kernel/random/boot_id")
+    return f"{socket.gethostname()}-{boot.read_text().strip() if boot.is_file() else ''}"
 
 
 def _sizes(root: Path) -> dict[str, int]:
@@ -132,22 +167,62 @@ def _sizes(root: Path) -> dict[str, int]:
             for path in sorted(root.rglob("*")) if path.is_file()}
 
 
-def _listing(done: Path) -> dict[str, int] | None:
+def _state(done: Path) -> dict | None:
+    """What `.complete` says of the copy: its files' sizes, and the uses that hashed them."""
     try:
-        return json.loads(done.read_text())
+        state = json.loads(done.read_text())
     except (OSError, ValueError):  # none yet, or an empty marker of an older version
         return None
+    return state if isinstance(state.get("sizes"), dict) else None
 
 
-def _intact(root: Path, listing: dict[str, int]) -> bool:
+def _intact(root: Path, sizes: dict[str, int]) -> bool:
     """Every file the pull left is there with its size (a stat each: cheap at any size)."""
-    for relative, size in listing.items():
+    for relative, size in sizes.items():
         try:
             if (root / relative).stat().st_size != size:
                 return False
         except OSError:
             return False
-    return bool(listing)
+    return bool(sizes)
+
+
+def _object(folder: Path, md5: str) -> Path:
+    """An object of the node's DVC cache (DVC 3 layout: files/md5/<2>/<rest>)."""
+    return folder / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+
+
+def _manifest(folder: Path, md5: str) -> dict[str, str]:
+    """DVC's manifest of the version: relative path -> md5 of each file."""
+    entries = json.loads(_object(folder, md5).read_text())
+    return {entry["relpath"]: entry["md5"] for entry in entries}
+
+
+def _md5(path: Path) -> str | None:
+    digest = hashlib.md5()
+    try:
+        with path.open("rb") as stream:
+            while chunk := stream.read(1 << 20):
+                digest.update(chunk)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def _differing(folder: Path, name: str, md5: str) -> list[str]:
+    """The files of the copy whose md5 is not the manifest's (missing ones too)."""
+    return [relative for relative, want in _manifest(folder, md5).items()
+            if _md5(folder / name / relative) != want]
+
+
+def _forget(folder: Path, name: str, md5: str, damaged: list[str]) -> None:
+    """Remove damaged files and their cache objects (a link type that shares the file with
+    the cache damages both), so that the pull fetches and checks them out again."""
+    manifest = _manifest(folder, md5)
+    for relative in damaged:
+        (folder / name / relative).unlink(missing_ok=True)
+        if relative in manifest:
+            _object(folder, manifest[relative]).unlink(missing_ok=True)
 
 
 def _pull(name: str, md5: str, remote: dict, folder: Path, force: bool = False) -> None:
@@ -174,8 +249,9 @@ def _pull(name: str, md5: str, remote: dict, folder: Path, force: bool = False) 
                               f"{error}). Was it pushed (`dvc push`)?") from None
 
 
-def dataset_folder(version: DatasetVersion) -> Path:
-    """The verified dataset folder of `version` on this node (pulled first if from DVC)."""
+def dataset_folder(version: DatasetVersion, check: str | None = None) -> Path:
+    """The verified dataset folder of `version` on this node (pulled first if from DVC; its
+    files hashed again for a `check` the node's copy has not seen)."""
     if version.source == "dvc":
-        return verify(stage_from_remote(version), version)
+        return verify(stage_from_remote(version, check), version)
     return verify(Path(version.path) / version.dataset, version)

@@ -7,9 +7,9 @@ import os
 import time
 from pathlib import Path
 
+from ..contracts import MODEL
 from ..measures import METRICS
 from ..plan import check_budget
-from ..pretrain import MODEL
 from ..progress import Progress
 from ..tracking import Tracker, live_metrics
 from .cluster import (
@@ -235,6 +235,7 @@ def _run_tuner(study: Study, pending: list[Trial], tracking: SweepTracking):
                  "cpus_per_worker": study.sweep.cpus_per_worker,
                  "gpus_per_worker": study.sweep.gpus_per_worker,
                  "collective_timeout_s": study.sweep.collective_timeout_s,
+                 "max_repeated_failures": study.sweep.max_repeated_failures,
                  "start": t.start.identity()} for t in pending]
         concurrent = concurrency(study.sweep, len(pending))
         scheduler = None
@@ -286,15 +287,16 @@ def _share_starting_weights(study: Study) -> None:
 
 
 def run_sweep(dataset: str, params_file: Path | str = "params.yaml",
-              results_dir: Path = RESULTS_DIR) -> dict:
+              results_dir: Path = RESULTS_DIR, force_lock: bool = False) -> dict:
+    """The sweep of `dataset`; `force_lock` takes over another driver's lock at once."""
     check_budget(dataset, params_file)  # before data, storage, MLflow or Ray
     study = load_study(dataset, params_file, on_cluster=on_cluster())
     if not on_cluster():
         check_local_resources(study.sweep)
     trials = plan_trials(study)
     tracker = Tracker(study.tracking)
-    tracker.check(in_ray_job=in_job())
-    with DriverLock(study.storage, dataset):  # one driver per sweep storage
+    tracker.check(in_ray_job=in_job())  # before any file: a bad store loses nothing
+    with DriverLock(study.storage, dataset, force=force_lock):  # one driver per storage
         return _sweep(study, trials, tracker, results_dir)
 
 

@@ -3,11 +3,14 @@
 `sweep.max_failures: -1` retries a crashed trial forever, as spot instances need: a node taken
 back, a dropped connection, a rank that hung. An error that fails the same way every time (a
 bad config, weights that are not there, a checkpoint from another Ray version) would keep such
-a sweep running forever. So a trial's failures are written to its folder in the storage, and a
-trial fails for good, whatever `max_failures` says, when its error is of a kind no retry can
-mend (`FATAL`) or when the same error ends `REPEATS` attempts in a row. The trial then returns
-without training; the driver reads `fatal.json` and records the trial as failed with that
-error. A new run of the sweep clears the verdict and tries again (the cause may be fixed).
+a sweep running forever. So a trial's failures are written to its folder in the storage, with
+the iteration the attempt had reached (its newest whole checkpoint there), and a trial fails
+for good, whatever `max_failures` says, when its error is of a kind no retry can mend (`FATAL`)
+or when the same error at the same iteration ends `sweep.max_repeated_failures` attempts in a
+row (an attempt that got further before failing alike made progress: it is retried). The trial
+then returns without training; the driver reads `fatal.json` and records the trial as failed
+with that error. A new run of the sweep clears the verdict and tries again (the cause may be
+fixed).
 """
 from __future__ import annotations
 
@@ -19,11 +22,13 @@ from .storage import Storage
 
 FATAL_FILE = "fatal.json"
 ATTEMPTS_FILE = "attempts.json"
-#: The same error ending this many attempts in a row fails the trial for good.
+#: The same error at the same iteration ending this many attempts in a row fails the trial for
+#: good (the default of `sweep.max_repeated_failures`).
 REPEATS = 3
 #: Errors that say the trial itself is wrong, not the machine it ran on (by class name: they
 #: reach the trial's driver wrapped by Ray Train, whose text keeps the original's name).
-FATAL = ("ParamsError", "PretrainedWeightsError", "PrecisionError", "DatasetMismatch")
+FATAL = ("ParamsError", "PretrainedWeightsError", "PrecisionError", "DatasetMismatch",
+         "RaySnapshotMismatch")
 #: The machine's failures, never the trial's, however often they repeat: a node or process
 #: gone (spot preemption), a collective that timed out, a connection dropped.
 MACHINE = ("PreemptionError", "ActorDiedError", "RayActorError", "NodeDiedError",
@@ -71,21 +76,23 @@ def fatal_kind(error: BaseException) -> str | None:
     return _named(error, FATAL)
 
 
-def record_failure(storage: Storage, folder: tuple[str, str],
-                   error: BaseException) -> dict | None:
-    """Note this attempt's error; return the verdict (also written to `fatal.json`) when the
-    trial should not be tried again, else None."""
+def record_failure(storage: Storage, folder: tuple[str, str], error: BaseException,
+                   iteration: int = 0, repeats: int = REPEATS) -> dict | None:
+    """Note this attempt's error and the iteration it had reached; return the verdict (also
+    written to `fatal.json`) when the trial should not be tried again, else None."""
     attempts = (storage.read_json(*folder, ATTEMPTS_FILE) or {}).get("errors", [])
-    attempts.append({"error": signature(error), "at": time.time()})
+    attempts.append({"error": signature(error), "iteration": iteration, "at": time.time()})
     storage.write_json({"errors": attempts[-20:]}, *folder, ATTEMPTS_FILE)
     kind = fatal_kind(error)
-    last = [a["error"] for a in attempts[-REPEATS:]]
-    machine = _named(error, MACHINE) is not None
-    if kind is None and (machine or not (len(last) == REPEATS and len(set(last)) == 1)):
+    last = {(a["error"], a.get("iteration", 0)) for a in attempts[-repeats:]}
+    repeated = len(attempts) >= repeats and len(last) == 1
+    if kind is None and (_named(error, MACHINE) is not None or not repeated):
         return None
     why = (f"{kind}: no retry can mend it" if kind else
-           f"the same error ended {REPEATS} attempts in a row")
-    verdict = {"error": signature(error), "why": why, "attempts": len(attempts)}
+           f"the same error at iteration {iteration} ended {repeats} attempts in a row "
+           "(sweep.max_repeated_failures)")
+    verdict = {"error": signature(error), "why": why, "attempts": len(attempts),
+               "iteration": iteration}
     storage.write_json(verdict, *folder, FATAL_FILE)
     return verdict
 

@@ -16,18 +16,11 @@ import tempfile
 from pathlib import Path
 
 from ..measures import METRICS
-from ..train import (
-    HISTORY,
-    LOGS,
-    RESULT_FILES,
-    SUMMARY,
-    Reporter,
-    RunSpec,
-    last_checkpoint,
-    read_summary,
-)
-from .datasets import DatasetVersion, dataset_folder
-from .failures import record_failure
+from ..retry import with_backoff
+from ..train import HISTORY, LOGS, RESULT_FILES, Reporter, RunSpec, last_checkpoint, read_summary
+from .checkpoints import check_ray_snapshot, iteration_of, latest_whole, marker
+from .datasets import DatasetVersion, dataset_folder, node_use
+from .failures import ATTEMPTS_FILE, record_failure
 from .lock import process_alive
 from .storage import FINAL, Storage
 
@@ -41,8 +34,9 @@ WEIGHTS_CACHE = Path(tempfile.gettempdir()) / "pixiou-pretrain"
 #: Fault injection for the reliability tests: a folder; the first attempt of every trial fails
 #: (leaving a marker there), so the retry path runs for real. Unset in normal use.
 FAULT_ENV = "PIXIOU_FAIL_FIRST_ATTEMPT"
-#: Set: every attempt of every trial fails with the same error (an error no retry mends).
-FAIL_ALWAYS_ENV = "PIXIOU_FAIL_EVERY_ATTEMPT"
+#: "<trial name or its prefix>@<iteration>" (ce_seed0@4): every attempt of that trial fails at
+#: that evaluation, before its checkpoint is saved; the other trials train.
+FAIL_AT_ENV = "PIXIOU_FAIL_AT"
 
 
 class TrialReporter(Reporter):
@@ -59,6 +53,10 @@ class TrialReporter(Reporter):
         self.folder = folder  # the trial's, in the storage
 
     def evaluation(self, record: dict, checkpoint: Path | None) -> None:
+        trial, _, at = os.environ.get(FAIL_AT_ENV, "").partition("@")
+        if trial and self.folder[1].startswith(trial) and at == str(record["iteration"]):
+            raise RuntimeError(f"injected fault ({FAIL_AT_ENV}) at iteration "
+                               f"{record['iteration']}")
         logs = self.work_dir / LOGS  # the attempts' mmengine logs travel with the checkpoint
         files = [checkpoint, *([logs] if logs.is_dir() else []), self.work_dir / HISTORY] \
             if checkpoint else []
@@ -96,27 +94,6 @@ class TrialReporter(Reporter):
     def _persist(self, metrics: dict, folder: Path | None, name: str | None) -> None:
         raise NotImplementedError
 
-    def _latest_whole(self) -> str | None:
-        """The trial's newest whole checkpoint in the storage: `final`, else the iter_<n> of
-        the largest n whose marker and weights are both there (one cut short by a kill lacks
-        one of them)."""
-        saved = [n for n in self.storage.list(*self.folder) if self._whole(n)]
-        if FINAL in saved:
-            return FINAL
-        return max((n for n in saved if n.startswith("iter_")),
-                   key=lambda n: int(n.removeprefix("iter_")), default=None)
-
-    def _whole(self, name: str) -> bool:
-        if not (name == FINAL or name.startswith("iter_")):
-            return False
-        entries = self.storage.list(*self.folder, name)
-        return self._marker(name) in entries and any(e.endswith(".pth") for e in entries)
-
-    @staticmethod
-    def _marker(name: str) -> str:
-        """The file of checkpoint `name` that the run writes last: SUMMARY, or the history."""
-        return SUMMARY if name == FINAL else HISTORY
-
     @staticmethod
     def _resume_from(work_dir: Path) -> dict | None:
         """The restored checkpoint's summary if the run had finished; else point mmengine at
@@ -139,7 +116,7 @@ class RayTrainReporter(TrialReporter):
         storage's newer checkpoint saves an interval of training twice."""
         import ray.train
 
-        latest = self._latest_whole()
+        latest = latest_whole(self.storage, self.folder)
         if latest is not None:
             self.storage.download(work_dir, *self.folder, latest)
             return self._resume_from(work_dir)
@@ -159,7 +136,27 @@ class RayTrainReporter(TrialReporter):
         import ray.train
 
         checkpoint = ray.train.Checkpoint.from_directory(str(folder)) if folder else None
-        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name,
+                         checkpoint_upload_fn=upload_with_backoff if checkpoint else None)
+
+
+def upload_with_backoff(checkpoint, name: str):
+    """Ray Train's upload of a checkpoint (to the run's folder, on its filesystem), retried
+    with back-off like every other call to the storage: an object store's 503 costs a wait,
+    not an attempt of the trial (Ray Train's own upload is one pyarrow copy)."""
+    import pyarrow.fs as pafs
+    import ray.train
+
+    storage = ray.train.get_context().get_storage()
+    target = storage.build_checkpoint_path_from_name(name)
+
+    def copy() -> None:
+        storage.storage_filesystem.create_dir(target)
+        pafs.copy_files(checkpoint.path, target, source_filesystem=checkpoint.filesystem,
+                        destination_filesystem=storage.storage_filesystem)
+
+    with_backoff(copy, f"checkpoint upload {name}")
+    return ray.train.Checkpoint(target, filesystem=storage.storage_filesystem)
 
 
 class TuneTrialReporter(TrialReporter):
@@ -169,7 +166,7 @@ class TuneTrialReporter(TrialReporter):
     metrics. A restarted trial (retry, new driver) finds its latest checkpoint there."""
 
     def restore(self, work_dir: Path) -> dict | None:
-        latest = self._latest_whole()
+        latest = latest_whole(self.storage, self.folder)
         if latest is None:
             return None
         self.storage.download(work_dir, *self.folder, latest)
@@ -187,8 +184,8 @@ class TuneTrialReporter(TrialReporter):
 
         if folder is not None:
             # Its marker last: a checkpoint cut short by a kill has none, and is never restored
-            marker = self._marker(name)
-            for entry in sorted(folder.iterdir(), key=lambda path: path.name == marker):
+            last = marker(name)
+            for entry in sorted(folder.iterdir(), key=lambda path: path.name == last):
                 self.storage.put(entry, *self.folder, name, entry.name)
             for old in self.storage.list(*self.folder):  # only once the new one is whole
                 if old.startswith("iter_") and old != name:
@@ -202,7 +199,7 @@ def starting_weights(storage: Storage, dataset: str, sha256: str) -> Path:
     driver put it) once per node, and checked against its hash before any rank loads it."""
     from filelock import FileLock
 
-    from ..pretrain import MODEL, sha256_of
+    from ..contracts import MODEL, sha256_of
 
     target = WEIGHTS_CACHE / sha256 / MODEL
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -242,7 +239,11 @@ def _train_rank(config: dict, rank: int, reporter_class) -> None:
         raise RuntimeError(f"sweep.storage {storage.uri} is not the driver's: this node does "
                            f"not see its {config['dataset']}/{STORAGE_MARKER}. On a cluster use "
                            "an object store (s3://...) or a folder every node mounts")
-    data = dataset_folder(DatasetVersion(**config["data"]))
+    # hashed again on this node's first use, and after any failed attempt of this trial
+    failed = len((storage.read_json(config["dataset"], config["name"], ATTEMPTS_FILE)
+                  or {}).get("errors", []))
+    use = node_use() + (f"/{config['name']}/{failed}" if failed else "")
+    data = dataset_folder(DatasetVersion(**config["data"]), check=use)
     # Configs are relative to this checkout (the one Ray shipped as working_dir).
     checkout = Path(__file__).resolve().parents[2]
     local = Path(tempfile.gettempdir()) / "pixiou-trials"
@@ -304,9 +305,6 @@ def _worker_nodes() -> list[str]:
 
 
 def _injected_fault(key: str) -> None:
-    if os.environ.get(FAIL_ALWAYS_ENV):
-        raise RuntimeError(f"injected fault ({FAIL_ALWAYS_ENV}): every attempt of this trial "
-                           "fails the same way")
     folder = os.environ.get(FAULT_ENV)
     if folder:
         marker = Path(folder) / key
@@ -357,7 +355,10 @@ def trial_driver(config: dict) -> None:
         _drive(trial)
     except Exception as error:
         storage = Storage.parse(trial["storage"], on_cluster=True)
-        if record_failure(storage, (trial["dataset"], trial["name"]), error) is None:
+        folder = (trial["dataset"], trial["name"])
+        reached = iteration_of(latest_whole(storage, folder))
+        if record_failure(storage, folder, error, reached,
+                          trial.get("max_repeated_failures", 3)) is None:
             raise  # Tune retries it (sweep.max_failures)
 
 
@@ -372,6 +373,7 @@ def _drive(trial: dict) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     storage = Storage.parse(trial["storage"], on_cluster=True)
+    check_ray_snapshot(storage, (trial["dataset"], trial["name"]))
     trainer = TorchTrainer(
         train_worker,
         train_loop_config=loop_config,

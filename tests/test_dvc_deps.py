@@ -1,0 +1,107 @@
+"""Each stage's DVC deps are the code it runs: the import closure of its command's module
+(imports inside functions too, and what the mmseg configs load through `custom_imports`),
+against `dvc.yaml`. A file the stage runs that no dep covers would not rerun the stage when it
+changes; a code dep that the stage never runs would rerun it for nothing."""
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CODE = ("pipeline", "mmseg_configs")  # the deps that are code (data and models are not)
+
+
+def module_file(name: str) -> Path | None:
+    """The file of a module of this project (a package: its __init__.py)."""
+    base = ROOT.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def imported(path: Path) -> set[str]:
+    """The project modules a file imports, anywhere in it (a lazy import runs too)."""
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    if path.name != "__init__.py":
+        package = package.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join([*parent, *([base] if base else [])])
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)  # a submodule
+    return {name for name in found if name.split(".")[0] == "pipeline"}
+
+
+def closure(modules: set[str]) -> set[Path]:
+    """Every file of this project that importing `modules` runs (their packages' too)."""
+    seen: set[Path] = set()
+    todo = list(modules)
+    while todo:
+        name = todo.pop()
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):  # pipeline, pipeline.sweep, pipeline.sweep.trial
+            path = module_file(".".join(parts[:i]))
+            if path is not None and path not in seen:
+                seen.add(path)
+                todo.extend(imported(path))
+    return {p.relative_to(ROOT) for p in seen}
+
+
+def config_imports() -> set[str]:
+    """What the mmseg configs import through `custom_imports`, and params.yaml's
+    `train.custom_imports`."""
+    found = set(yaml.safe_load((ROOT / "params.yaml").read_text())["train"].get(
+        "custom_imports") or [])
+    for config in (ROOT / "mmseg_configs").rglob("*.py"):
+        for block in re.findall(r"custom_imports\s*=\s*dict\(imports=\[([^\]]*)\]",
+                                config.read_text()):
+            found.update(re.findall(r"['\"]([\w.]+)['\"]", block))
+    return found
+
+
+def stages() -> dict[str, tuple[str, list[str]]]:
+    """dvc.yaml's stages: name -> (the module its command runs, its code deps)."""
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    found = {}
+    for name, stage in dvc["stages"].items():
+        stage = stage.get("do", stage)
+        (module,) = re.findall(r"python -m ([\w.]+)", stage["cmd"])
+        deps = [d.split("#")[0].strip() for d in stage["deps"]]
+        found[name] = (module, [d for d in deps if d.split("/")[0] in CODE])
+    return found
+
+
+def covered(path: Path, deps: list[str]) -> bool:
+    return any(path == Path(d) or Path(d) in path.parents for d in deps)
+
+
+@pytest.mark.parametrize("stage", sorted(stages()))
+def test_a_stages_code_deps_are_the_code_it_runs(stage):
+    module, deps = stages()[stage]
+    runs_configs = "mmseg_configs" in deps
+    entry = f"{module}.__main__" if module_file(f"{module}.__main__") else module
+    ran = closure({entry} | (config_imports() if runs_configs else set()))
+    missing = sorted(str(p) for p in ran if not covered(p, deps))
+    assert not missing, f"dvc.yaml: stage {stage} runs these files, which its deps miss"
+    unused = [d for d in deps if d != "mmseg_configs" and not any(
+        covered(p, [d]) for p in ran)]
+    assert not unused, f"dvc.yaml: stage {stage} lists deps it never runs: {unused}"
+
+
+def test_the_closure_follows_lazy_imports_and_config_imports():
+    """The check itself: a function-level import is followed, and so are the configs'
+    custom_imports (pipeline.splits is reached through them only)."""
+    assert Path("pipeline/tracking.py") in closure({"pipeline.report.__main__"})
+    assert Path("pipeline/splits.py") not in closure({"pipeline.pretrain"})
+    assert Path("pipeline/splits.py") in closure({"pipeline.pretrain"} | config_imports())
