@@ -104,15 +104,15 @@ def test_a_node_lost_mid_trial_costs_at_most_one_checkpoint_interval(tmp_path, t
     assert set(run.data.tags["nodes"].split(",")) == set(trial["nodes"])
 
 
-@pytest.mark.xfail(reason="the drain is not seen by the trial on this local cluster "
-                   "(2026-11-30): the preemption notice is not verified, issue 23 is open",
-                   strict=False)
-def test_a_drained_node_gets_a_checkpoint_before_it_goes(tmp_path, tiny_data, spot_cluster):
+@pytest.mark.parametrize("workers", [dict(cpus_per_worker=2),
+                                     dict(cpu_workers_per_trial=2, scale_lr=True)],
+                         ids=["in-trial", "torch-trainer"])
+def test_a_drained_node_gets_a_checkpoint_before_it_goes(tmp_path, tiny_data, spot_cluster,
+                                                        workers):
     """Ray's preemption notice (the node drained, as an autoscaler does before a spot node is
-    reclaimed): the single-worker trial saves a checkpoint between its regular ones, and after
-    the node is gone resumes from it. (A TorchTrainer trial asks
-    `ray.train.get_preemption_info()`; in this local cluster Ray Train's watcher did not report
-    the drain, so that path is not checked here: docs/reliability.md.)"""
+    reclaimed): the trial saves a checkpoint between its regular ones, and after the node is
+    gone resumes from it. A single-worker trial asks Ray Core whether its node is draining; a
+    TorchTrainer trial asks `ray.train.get_preemption_info()`."""
     import ray as ray_module
     import ray._raylet
 
@@ -124,7 +124,7 @@ def test_a_drained_node_gets_a_checkpoint_before_it_goes(tmp_path, tiny_data, sp
                           train=dict(iterations=120, val_interval=every,
                                      checkpoint_interval=checkpoints, overlays=0),
                           sweep=dict(losses=["ce"], seeds=[0], max_failures=3,
-                                     cpus_per_worker=2))  # only the spot node has 2 CPUs
+                                     **workers))  # 2 CPUs: only the spot node has them
     driver, outcome = sweep_in_background(params, tmp_path)
     (spot,) = cluster.worker_nodes
     deadline = time.time() + 300
