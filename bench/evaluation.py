@@ -40,20 +40,22 @@ def _spec(dataset: str, work_dir: str, **overrides):
 
 def evaluation_runner(dataset: str, work_dir: str, batch: int):
     """A runner over the pretrained model whose val() evaluates the validation set at `batch`."""
-    from pipeline.train import _prepare, _runner_class
+    from pipeline.train import prepare
+    from pipeline.train.engine import StudyRunner
 
     spec = _spec(dataset, work_dir)
-    cfg = _prepare(spec, world_size=1)
+    cfg = prepare(spec, world_size=1)
     cfg.load_from, cfg.resume = spec.init_checkpoint, False
     cfg.val_dataloader.batch_size = batch
     cfg.default_hooks.logger.interval = 10 ** 6  # quiet
     cfg.log_level = "WARNING"
-    return _runner_class().from_cfg(cfg)
+    return StudyRunner.from_cfg(cfg)
 
 
 def training_seconds_per_iteration(dataset: str, work_dir: str, iterations: int = 40) -> float:
     """Median of mmengine's per-iteration time over a short fine-tuning run (no evaluation)."""
-    from pipeline.train import isolated_mmengine_state, run
+    from pipeline.train import run
+    from pipeline.train.engine import isolated_mmengine_state
 
     spec = _spec(dataset, work_dir, iterations=iterations, val_interval=iterations)
     with isolated_mmengine_state():
@@ -72,7 +74,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=record.default_out("evaluation"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    from pipeline.train import isolated_mmengine_state
+    from pipeline.train.engine import isolated_mmengine_state
 
     with tempfile.TemporaryDirectory() as tmp, isolated_mmengine_state():
         runners = {batch: evaluation_runner(args.dataset, str(Path(tmp, f"b{batch}")), batch)

@@ -3,7 +3,7 @@
 With the learning-rate search on (params.yaml sweep.lr_search), a trial trains on its training
 set minus every k-th image and, while it trains, evaluates on those held-out images: ASHA stops
 trials and the report picks each seed's learning rate by that score. The validation set, whose
-numbers the tables report, is scored once, at the end (pipeline/train.py), so the choice never
+numbers the tables report, is scored once, at the end (pipeline/train/run.py), so the choice never
 sees it. Use from an mmseg config with ``custom_imports=dict(imports=['pipeline.splits'])``.
 """
 from __future__ import annotations

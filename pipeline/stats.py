@@ -99,17 +99,15 @@ def paired_difference(a: dict[int, float], b: dict[int, float],
     from scipy import stats
 
     seeds = tuple(sorted(set(a) & set(b)))
-    diffs = [a[s] - b[s] for s in seeds]
-    summary = summarise(diffs)
+    summary = summarise([a[s] - b[s] for s in seeds])
     if summary.n < 2:
         return Difference(summary.mean, None, None, seeds)
-    error = summary.std / math.sqrt(summary.n)
-    half = stats.t.ppf(0.5 + confidence / 2, summary.n - 1) * error
-    if error == 0:  # identical differences: certain, unless they are all 0
-        p = 1.0 if summary.mean == 0 else 0.0
-    else:
-        p = float(2 * stats.t.sf(abs(summary.mean) / error, summary.n - 1))
-    return Difference(summary.mean, summary.mean - half, summary.mean + half, seeds, p,
+    if summary.std == 0:  # identical differences: certain, unless they are all 0
+        return Difference(summary.mean, summary.mean, summary.mean, seeds,
+                          1.0 if summary.mean == 0 else 0.0, 0.0)
+    test = stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds])
+    low, high = test.confidence_interval(confidence)
+    return Difference(summary.mean, float(low), float(high), seeds, float(test.pvalue),
                       summary.std)
 
 
@@ -191,10 +189,12 @@ def plateau(curves: list[list[tuple[int, float]]], points: int, tolerance: float
     span = max((s for _, s in fitted), default=0)
     if gains.n < 2:
         return Plateau(gains.mean, None, None, gains.n, points, span, tolerance)
-    half = float(stats.t.ppf(0.5 + confidence / 2, gains.n - 1)) * gains.std / \
-        math.sqrt(gains.n)
-    return Plateau(gains.mean, gains.mean - half, gains.mean + half, gains.n, points, span,
-                   tolerance)
+    if gains.std == 0:
+        low = high = gains.mean
+    else:
+        low, high = stats.ttest_1samp([g for g, _ in fitted], 0.0).confidence_interval(
+            confidence)
+    return Plateau(gains.mean, float(low), float(high), gains.n, points, span, tolerance)
 
 
 # --- how fast a curve rises -------------------------------------------------------------------

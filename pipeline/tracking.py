@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import subprocess
 import time
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from .measures import METRICS
 from .params import ParamsError, in_project
+from .secret_names import is_secret
 from .train import RESULT_FILES
 from .watch import RUN_METRICS, SYSTEM_PREFIX
 
@@ -33,7 +33,6 @@ FINAL_LOGGED = "pixiou.final_logged"
 PARENT = "mlflow.parentRunId"
 GIT_COMMIT = "mlflow.source.git.commit"
 PACKAGES = ("torch", "mmengine", "mmcv", "mmsegmentation", "ray", "mlflow", "dvc", "numpy")
-SECRET_NAME = re.compile(r"PASSWORD|PASSWD|TOKEN|SECRET|KEY|CREDENTIAL|AUTH", re.IGNORECASE)
 LIVE_METRICS = (*METRICS, "loss", *RUN_METRICS)
 
 
@@ -99,7 +98,7 @@ def tracking_uri(params: TrackingParams) -> str:
 def environment_secrets() -> list[str]:
     """Values of environment variables whose names say they are secret (4+ characters)."""
     return sorted({value for name, value in os.environ.items()
-                   if SECRET_NAME.search(name) and len(value) >= 4}, key=len, reverse=True)
+                   if is_secret(name) and len(value) >= 4}, key=len, reverse=True)
 
 
 def redact(text: str, secrets: list[str]) -> str:

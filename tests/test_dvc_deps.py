@@ -26,9 +26,7 @@ def module_file(name: str) -> Path | None:
 
 def imported(path: Path) -> set[str]:
     """The project modules a file imports, anywhere in it (a lazy import runs too)."""
-    package = ".".join(path.relative_to(ROOT).with_suffix("").parts)
-    if path.name != "__init__.py":
-        package = package.rpartition(".")[0]
+    package = ".".join(path.relative_to(ROOT).parent.parts)  # where its relative imports start
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
@@ -105,3 +103,24 @@ def test_the_closure_follows_lazy_imports_and_config_imports():
     assert Path("pipeline/tracking.py") in closure({"pipeline.report.__main__"})
     assert Path("pipeline/splits.py") not in closure({"pipeline.pretrain"})
     assert Path("pipeline/splits.py") in closure({"pipeline.pretrain"} | config_imports())
+    # a package's relative imports start at the package
+    assert Path("pipeline/sweep/trial.py") in closure({"pipeline.sweep"})
+
+
+#: Code a run executes that cannot change its numbers: the package's warning filter, and the
+#: params parser (its checks and messages). Everything else a run imports is in its key.
+NOT_IN_THE_KEY = {Path("pipeline/__init__.py"), Path("pipeline/params.py")}
+
+
+def test_a_runs_key_hashes_the_code_the_run_executes():
+    """TRAINING_CODE (what a trial's and the pre-training's key hash) covers the import closure
+    of a run, with what its configs import, but for NOT_IN_THE_KEY; and every stage that trains
+    lists it in its deps."""
+    from pipeline.train import TRAINING_CODE
+
+    ran = closure({"pipeline.train.run", "pipeline.train.__main__"} | config_imports())
+    unkeyed = sorted(str(p) for p in ran - NOT_IN_THE_KEY if not covered(p, list(TRAINING_CODE)))
+    assert not unkeyed, f"a run executes these, which its key does not hash: {unkeyed}"
+    for stage in ("pretrain", "sweep"):
+        _, deps = stages()[stage]
+        assert all(covered(Path(code), deps) for code in TRAINING_CODE), stage

@@ -18,10 +18,10 @@ from pipeline.train import (
     RunSpec,
     build_config,
     ensure_pretrained,
-    isolated_mmengine_state,
     load_train_params,
     run,
 )
+from pipeline.train.engine import isolated_mmengine_state
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_VOC = "mmseg_configs/fcn_r18-tiny-d8_1xb4-160_synthetic-voc-128x128.py"
@@ -39,7 +39,7 @@ def spec(tmp_path, tiny_data, **overrides) -> RunSpec:
 
 
 def managers():
-    from pipeline.train import _manager_classes
+    from pipeline.train.engine import _manager_classes
 
     return {cls: set(cls._instance_dict) for cls in _manager_classes() if cls._instance_dict}
 
@@ -201,7 +201,7 @@ def test_a_missing_pretrained_backbone_is_a_clear_error_not_a_random_init(tmp_pa
 
 
 def test_paper_configs_ask_for_the_model_zoo_backbone():
-    from pipeline.train import _resolve_url
+    from pipeline.train.weights import _resolve_url
 
     url = _resolve_url("open-mmlab://resnet101_v1c")
     assert url.startswith("https://") and url.endswith(".pth")

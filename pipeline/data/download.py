@@ -13,12 +13,13 @@ import hashlib
 import logging
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import pooch
 import requests
 from tqdm import tqdm
+
+from ..retry import with_backoff
 
 log = logging.getLogger(__name__)
 
@@ -51,21 +52,17 @@ class ResumableDownloader:
             response = self.session.head(url, allow_redirects=True, timeout=self.timeout)
             return response.status_code == 200
         partial = self.partial_path(url, output_file)
-        for attempt in range(self.retries + 1):
-            try:
-                self._fetch(url, partial)
-                break
-            except (requests.ConnectionError, requests.Timeout,
-                    requests.exceptions.ChunkedEncodingError, _Transient) as error:
-                if attempt == self.retries:
-                    kept = partial.stat().st_size if partial.exists() else 0
-                    raise DownloadError(f"{url}: gave up after {self.retries + 1} attempts "
-                                        f"({error}); the {kept} bytes received are kept in "
-                                        f"{partial} for the next run") from error
-                wait = self.backoff_seconds * 2**attempt
-                log.warning("%s: %s; retrying in %.1fs (attempt %d of %d)", url, error, wait,
-                            attempt + 2, self.retries + 1)
-                time.sleep(wait)
+        transient = (requests.ConnectionError, requests.Timeout,
+                     requests.exceptions.ChunkedEncodingError, _Transient)
+        try:  # each attempt resumes where the last one stopped (HTTP Range)
+            with_backoff(lambda: self._fetch(url, partial), url, attempts=self.retries + 1,
+                         first_wait_s=self.backoff_seconds, retry_on=transient,
+                         log=log.warning)
+        except transient as error:
+            kept = partial.stat().st_size if partial.exists() else 0
+            raise DownloadError(f"{url}: gave up after {self.retries + 1} attempts ({error}); "
+                                f"the {kept} bytes received are kept in {partial} for the next "
+                                "run") from error
         shutil.move(partial, output_file)
 
     def _fetch(self, url: str, partial: Path) -> None:

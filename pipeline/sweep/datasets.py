@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +24,7 @@ import yaml
 
 from ..data.validate import manifest_hash
 from ..params import ParamsError
-
-#: Remote options that may hold credentials: they stay in the nodes' own DVC/AWS settings.
-SECRET_OPTION = re.compile(r"key|secret|token|password|credential", re.IGNORECASE)
+from ..secret_names import is_secret
 
 
 class DatasetMismatch(RuntimeError):
@@ -83,7 +80,8 @@ def remote_settings(name: str | None, repo_root: Path = Path(".")) -> dict:
                           f"{'named ' + repr(name) if name else '(and no default)'} in "
                           f".dvc/config (remotes: {known}); add one with `dvc remote add -d "
                           f"storage s3://bucket/dvc`")
-    return {k: v for k, v in remotes[name].items() if not SECRET_OPTION.search(k)}
+    # credentials stay in each node's own DVC/AWS settings
+    return {k: v for k, v in remotes[name].items() if not is_secret(k)}
 
 
 def verify(folder: Path, version: DatasetVersion) -> Path:
