@@ -44,11 +44,12 @@ export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PATH := $(CURDIR)/$(BIN):$(PATH)  # DVC stage commands run the venv's python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help install install-dev browser repro test lint bench ui status clean plan gpu-check
+.PHONY: help install install-dev browser repro test test-fast lint bench ui status clean plan gpu-check
 
 help:
 	@echo "make repro   install (.venv) and run the study: dvc repro"
-	@echo "make test    install (.venv, with dev extras) and run the test suite"
+	@echo "make test    install (.venv, with dev extras) and run the test suite (what CI runs)"
+	@echo "make test-fast  the unit tier: no Ray cluster, sweep, dvc repro or servers"
 	@echo "make bench   benchmarks: losses, training step, sweep parallel efficiency, evaluation cost (reports/bench/runs/)"
 	@echo "make ui      the MLflow UI of the study on http://127.0.0.1:5000 (UI_PORT=...)"
 	@echo "make status  where a running study stands (from MLflow and results/)"
@@ -118,6 +119,11 @@ repro: install
 
 test: install-dev browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The unit tier: no Ray cluster, no sweep, no `dvc repro`, no servers (tests marked slow, or
+# using a fixture that trains or starts servers: tests/conftest.py SLOW_FIXTURES).
+test-fast: install-dev
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: install-dev
 	$(BIN)/ruff check pipeline tests bench

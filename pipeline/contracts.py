@@ -1,6 +1,7 @@
 """What the stages hand each other, in a layer under all of them: a stage imports these
 instead of another stage's module (the report and the sweep do not import `pretrain` to learn
-what a starting point is, or where the model lies).
+what a starting point is, or where the model lies; the pretrain stage reads the data section
+through its schema here).
 
     models/pretrain/<dataset>/model.pth      MODEL: the weights the trials fine-tune
     models/pretrain/<dataset>/early.pth      EARLY: the convergence arm's start
@@ -11,6 +12,18 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+
+
+@dataclass
+class DataParams:
+    """params.yaml: data. Where the data stage builds the datasets (and the pretrain stage
+    finds them, and its downloads)."""
+
+    root: str = "data"
+    downloads: str = "data/downloads"
+    retries: int = 5
+    backoff_seconds: float = 2.0
+
 
 MODEL = "model.pth"
 EARLY = "early.pth"

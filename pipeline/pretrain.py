@@ -37,6 +37,7 @@ from .contracts import (  # noqa: F401 - what this stage writes, defined under t
     MODEL,
     PRETRAIN_KEY,
     PRETRAIN_SUMMARY,
+    DataParams,
     StartingPoint,
     sha256_of,
 )
@@ -192,7 +193,7 @@ def train_checkpoint(dataset: str, params: dict, pretrain: PretrainParams,
     )
 
     train = parse_section(TrainParams, lookup(params, "train"), "train")
-    data_root = lookup(params, "data.root")
+    data_root = parse_section(DataParams, lookup(params, "data"), "data").root
     data_hash = manifest_hash(Path(data_root) / dataset)
     if data_hash is None:
         raise ParamsError(f"{Path(data_root) / dataset / 'manifest.json'} is missing: build "
@@ -265,7 +266,7 @@ def save_weights(checkpoint: Path, target: Path, dataset: str, config: str,
 # --- the stage -----------------------------------------------------------------------------------
 
 def run_stage(dataset: str, params_file: Path | str = "params.yaml") -> dict:
-    from .data.archives import atomic_folder
+    from .files import atomic_folder
 
     params = load_params(params_file)
     datasets = lookup(params, "study.datasets")
@@ -281,10 +282,10 @@ def run_stage(dataset: str, params_file: Path | str = "params.yaml") -> dict:
                        "note": "study.protocol is scratch: the trials train from scratch"}
         else:
             if dataset in pretrain.published:
-                data = lookup(params, "data")
+                data = parse_section(DataParams, lookup(params, "data"), "data")
                 result = fetch_published(dataset, pretrain.published[dataset],
-                                         Path(data["downloads"]), staging,
-                                         data.get("retries", 5), data.get("backoff_seconds", 2))
+                                         Path(data.downloads), staging, data.retries,
+                                         data.backoff_seconds)
             else:
                 result = train_checkpoint(dataset, params, pretrain, staging)
             summary = {"protocol": "finetune", "dataset": dataset,

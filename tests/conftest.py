@@ -126,3 +126,14 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+#: Fixtures that train or start a Ray cluster or servers: a test that uses one is slow (and
+#: out of `make test-fast`), whether or not it says so itself.
+SLOW_FIXTURES = {"pretrained", "stack", "spot_cluster", "two_node_cluster", "study"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -295,6 +295,7 @@ def test_bad_params_fail_before_any_work_naming_the_key(tmp_path, section, key, 
     assert leftovers(tmp_path / "data") == []
 
 
+@pytest.mark.slow
 def test_dvc_repro_builds_a_dataset_and_then_does_nothing(tmp_path):
     repo = project_copy(tmp_path / "repo", lambda params: params["datasets"]["synthetic_voc"]
                         .update(train=6, val=3, height=48, width=48))

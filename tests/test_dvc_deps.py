@@ -124,3 +124,30 @@ def test_a_runs_key_hashes_the_code_the_run_executes():
     for stage in ("pretrain", "sweep"):
         _, deps = stages()[stage]
         assert all(covered(Path(code), deps) for code in TRAINING_CODE), stage
+
+
+def test_output_paths_are_declared_once_in_params():
+    """dvc.yaml names no data, model, results or report path of its own: each comes from the
+    params.yaml key that the stages' code reads (report.results_dir, report.output, ...)."""
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    for name, stage in dvc["stages"].items():
+        stage = stage.get("do", stage)
+        paths = [next(iter(o)) if isinstance(o, dict) else o
+                 for key in ("deps", "outs", "metrics") for o in stage.get(key, [])]
+        literal = [p for p in paths if p.split("/")[0] not in CODE and not p.startswith("${")]
+        assert not literal, f"dvc.yaml: stage {name} hard-codes {literal}"
+
+
+def test_the_sweep_writes_its_results_where_params_say(tmp_path):
+    """`python -m pipeline.sweep <dataset>` without --results-dir: report.results_dir."""
+    from pipeline.sweep.__main__ import main
+    from pipeline.sweep.storage import Storage
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["sweep"]["storage"] = str(tmp_path / "sweeps")
+    params["report"]["results_dir"] = str(tmp_path / "elsewhere")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    Storage.parse(str(tmp_path / "sweeps")).write_json({"trials": []}, "synthetic_voc",
+                                                       "results.json")
+    assert main(["synthetic_voc", "--params", str(tmp_path / "params.yaml"), "--fetch"]) == 0
+    assert (tmp_path / "elsewhere" / "synthetic_voc.json").is_file()

@@ -123,6 +123,7 @@ def test_a_finetuning_sweep_keys_its_trials_by_the_starting_checkpoint(pretraine
     assert finetune.isdisjoint(other) and finetune.isdisjoint(from_scratch)
 
 
+@pytest.mark.slow
 def test_finetuning_without_the_pretrain_model_says_which_stage_to_run(tmp_path, tiny_data):
     params = study_params(tmp_path, tiny_data, study=dict(protocol="finetune"))
     done = sweep(params, tmp_path)

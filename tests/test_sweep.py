@@ -16,6 +16,13 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import ROOT, build_tiny_data, free_port, study_params, sweep
 
+
+def stage_main(params: Path, tmp_path: Path, dataset: str = "synthetic_voc") -> int:
+    """`python -m pipeline.sweep <dataset>` in this process: for errors found before Ray."""
+    from pipeline.sweep.__main__ import main
+
+    return main([dataset, "--params", str(params), "--results-dir", str(tmp_path / "results")])
+
 STUDY_LOSSES = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]["losses"]
 
 SECRET = "s3cr3t-Pa55word-for-the-test"
@@ -30,6 +37,7 @@ def runs(tmp_path: Path):
     return client, parents, children
 
 
+@pytest.mark.slow
 def test_a_sweep_of_two_losses_fills_results_and_mlflow(tmp_path, tiny_data):
     params = study_params(tmp_path, tiny_data, report=dict(
         results_dir=str(tmp_path / "results"), output=str(tmp_path / "reports")))
@@ -125,6 +133,7 @@ def odd_val_data(tmp_path_factory) -> Path:
     return build_tiny_data(tmp_path_factory.mktemp("odd_val"), val=7)
 
 
+@pytest.mark.slow
 def test_a_two_worker_trial_evaluates_the_whole_validation_set(tmp_path, odd_val_data):
     """The confusion matrix and overlays of a 2-rank gloo trial are those of one process
     evaluating its final checkpoint over the whole validation set."""
@@ -170,6 +179,7 @@ def test_a_two_worker_trial_evaluates_the_whole_validation_set(tmp_path, odd_val
     assert float(child.data.params["lr"]) == pytest.approx(0.01)
 
 
+@pytest.mark.slow
 def test_killing_the_driver_loses_no_finished_trial(tmp_path, tiny_data):
     params = study_params(tmp_path, tiny_data,
                           train=dict(iterations=40, val_interval=20),
@@ -202,6 +212,7 @@ def test_killing_the_driver_loses_no_finished_trial(tmp_path, tiny_data):
     assert all(c.info.status == "FINISHED" for c in children)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("retries", [1, 0, -1])
 def test_a_crashing_trial_is_retried_or_recorded_as_failed(tmp_path, tiny_data, retries):
     params = study_params(tmp_path, tiny_data, sweep=dict(losses=["ce"], max_failures=retries))
@@ -222,6 +233,7 @@ def test_a_crashing_trial_is_retried_or_recorded_as_failed(tmp_path, tiny_data, 
         assert f"FAILED {trial['trial']}" in done.stdout
 
 
+@pytest.mark.slow
 def test_a_learning_rate_search_runs_under_asha(tmp_path, tiny_data):
     from pipeline.sweep import LRSearchParams
 
@@ -256,30 +268,32 @@ def test_a_learning_rate_search_runs_under_asha(tmp_path, tiny_data):
      "train.losses.ce.terms[0]: CrossEntropyLoss does not accept this config"),
     (dict(train=dict(iterations=-5)), "train.iterations must be > 0"),
 ])
-def test_bad_study_parameters_fail_before_ray_starts(tmp_path, tiny_data, sections, message):
-    done = sweep(study_params(tmp_path, tiny_data, **sections), tmp_path, timeout=120)
-    assert done.returncode == 2
-    assert message in done.stderr
-    assert "Started a local Ray instance" not in done.stdout + done.stderr
-    assert not (tmp_path / "sweeps").exists()
+def test_bad_study_parameters_fail_before_ray_starts(tmp_path, tiny_data, sections, message,
+                                                    capsys):
+    """The stage's command line, in this process (what `dvc repro` runs: the reliability
+    suite runs one bad params.yaml through it end to end)."""
+    assert stage_main(study_params(tmp_path, tiny_data, **sections), tmp_path) == 2
+    said = capsys.readouterr()
+    assert message in said.err
+    assert "Started a local Ray instance" not in said.out + said.err
+    assert not (tmp_path / "sweeps").exists()  # nothing written
 
 
-def test_an_unknown_dataset_is_named(tmp_path, tiny_data):
-    done = subprocess.run(
-        [sys.executable, "-m", "pipeline.sweep", "imagenet", "--params",
-         str(study_params(tmp_path, tiny_data))], cwd=ROOT, capture_output=True, text=True,
-        timeout=120)
-    assert done.returncode == 2
-    assert "unknown dataset 'imagenet'" in done.stderr and "synthetic_voc" in done.stderr
+def test_an_unknown_dataset_is_named(tmp_path, tiny_data, capsys):
+    assert stage_main(study_params(tmp_path, tiny_data), tmp_path, "imagenet") == 2
+    said = capsys.readouterr().err
+    assert "unknown dataset 'imagenet'" in said and "synthetic_voc" in said
 
 
-def test_an_unreachable_tracking_server_fails_before_training(tmp_path, tiny_data):
+def test_an_unreachable_tracking_server_fails_before_training(tmp_path, tiny_data, capsys,
+                                                              monkeypatch):
     url = f"http://127.0.0.1:{free_port()}"
-    done = sweep(study_params(tmp_path, tiny_data), tmp_path,
-                 env={"MLFLOW_TRACKING_URI": url}, timeout=120)
-    assert done.returncode == 2
-    assert f"MLflow tracking store {url} is not usable" in done.stderr
-    assert "unset MLFLOW_TRACKING_URI" in done.stderr
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")  # the check sets it: restored after
+    assert stage_main(study_params(tmp_path, tiny_data), tmp_path) == 2
+    said = capsys.readouterr().err
+    assert f"MLflow tracking store {url} is not usable" in said
+    assert "unset MLFLOW_TRACKING_URI" in said
     assert not (tmp_path / "sweeps").exists()
 
 

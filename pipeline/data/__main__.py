@@ -17,8 +17,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..contracts import DataParams
+from ..files import atomic_folder
 from ..params import ParamsError, load_params, lookup, parse_section
-from .archives import UnsafeArchiveError, atomic_folder
+from .archives import UnsafeArchiveError
 from .cityscapes import CityscapesParams, MissingCredentials, build_cityscapes, check_access
 from .download import DownloadError, ResumableDownloader
 from .layouts import CITYSCAPES, VOC_AUG, Layout
@@ -26,16 +28,6 @@ from .stats import describe
 from .synthetic import SyntheticParams, write_synthetic_cityscapes, write_synthetic_voc
 from .validate import DatasetError, validate
 from .voc import VOCParams, build_voc_aug
-
-
-@dataclass
-class DataParams:
-    """params.yaml: data."""
-
-    root: str = "data"
-    downloads: str = "data/downloads"
-    retries: int = 5
-    backoff_seconds: float = 2.0
 
 
 @dataclass

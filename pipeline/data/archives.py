@@ -1,4 +1,4 @@
-"""Safe archive extraction and atomic dataset folders.
+"""Safe archive extraction (datasets are built in atomic folders: pipeline/files.py).
 
 Every member is checked before anything is written: absolute paths, `..` components and links
 (or, in a tar, devices) that would land outside the target are refused. Datasets are built in a
@@ -7,13 +7,9 @@ never leaves a half-written dataset behind.
 """
 from __future__ import annotations
 
-import contextlib
-import shutil
 import stat
 import tarfile
-import tempfile
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 
@@ -63,19 +59,3 @@ def extract(archive: Path, target: Path, members: str | tuple[str, ...] | None =
 
 def _wanted(name: str, members: str | tuple[str, ...] | None) -> bool:
     return members is None or name.startswith(members)
-
-
-@contextlib.contextmanager
-def atomic_folder(final: Path) -> Iterator[Path]:
-    """A temporary folder beside `final`, renamed to `final` if the block succeeds."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial",
-                                    dir=final.parent))
-    try:
-        yield staging
-        if final.exists():
-            shutil.rmtree(final)
-        staging.rename(final)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)

@@ -12,7 +12,7 @@ from . import __doc__ as DOC
 from .datasets import DatasetMismatch
 from .driver import run_sweep
 from .plan import SweepParams
-from .results import RESULTS_DIR, fetch_results
+from .results import fetch_results
 from .storage import Storage
 
 
@@ -21,7 +21,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", help="a key of params.yaml study.datasets")
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--results-dir", default=str(RESULTS_DIR))
+    parser.add_argument("--results-dir", help="default: params.yaml report.results_dir (where "
+                        "the report stage reads them)")
     parser.add_argument("--fetch", action="store_true",
                         help="train nothing: copy the results that a sweep (e.g. a Ray job) "
                              "left in sweep.storage to <results-dir>/<dataset>.json")
@@ -30,15 +31,15 @@ def main(argv: list[str] | None = None) -> int:
                              "dead, but its heartbeat is not yet stale); logged")
     args = parser.parse_args(argv)
     try:
+        results_dir = Path(args.results_dir or lookup(load_params(args.params),
+                                                      "report.results_dir"))
         if args.fetch:
             sweep = parse_section(SweepParams, lookup(load_params(args.params), "sweep"),
                                   "sweep")
-            out = fetch_results(Storage.parse(sweep.storage), args.dataset,
-                                Path(args.results_dir))
+            out = fetch_results(Storage.parse(sweep.storage), args.dataset, results_dir)
             print(f"[sweep] {args.dataset}: results fetched -> {out}")
             return 0
-        results = run_sweep(args.dataset, args.params, Path(args.results_dir),
-                            force_lock=args.force)
+        results = run_sweep(args.dataset, args.params, results_dir, force_lock=args.force)
     except (ParamsError, TrackingError, DatasetMismatch, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..contracts import StartingPoint
+from ..contracts import DataParams, StartingPoint
 from ..params import ParamsError, for_dataset, load_params, lookup, parse_section
 from ..pretrain import MissingPretrain, early_point, pretrain_output, starting_point
 from ..scaling import BatchPlan, plan_batch
@@ -109,7 +109,8 @@ def load_study(dataset: str, params_file: Path | str = "params.yaml",
     train.check_losses(list(dict.fromkeys(sweep.losses + sweep.convergence.losses)))
     config = train.config_for(dataset)
     storage = Storage.parse(sweep.storage, on_cluster)
-    data = dataset_version(dataset, lookup(params, "data.root"), sweep.data)
+    data = dataset_version(dataset, parse_section(DataParams, lookup(params, "data"), "data").root,
+                           sweep.data)
     start, folder = study_start(dataset, params, sweep.data)
     convergence = None
     if sweep.convergence.losses:
