@@ -200,10 +200,17 @@ def test_a_missing_pretrained_backbone_is_a_clear_error_not_a_random_init(tmp_pa
                                                      "checkpoint": str(tmp_path / "no.pth")}}})
 
 
-def test_paper_configs_ask_for_the_model_zoo_backbone():
-    from pipeline.train.weights import _resolve_url
+@pytest.mark.parametrize("config", PAPER_CONFIGS, ids=lambda p: p.stem)
+def test_paper_configs_ask_for_the_model_zoo_backbone(config):
+    """Each paper config's model starts from the ImageNet ResNet-101 (V1c) of mmseg's model
+    zoo, which mmengine resolves to a download URL (never a random init)."""
+    from mmengine.config import Config
 
-    url = _resolve_url("open-mmlab://resnet101_v1c")
+    from pipeline.train.weights import _pretrained_sources, _resolve_url
+
+    (source,) = set(_pretrained_sources(Config.fromfile(str(config)).model.to_dict()))
+    assert source == "open-mmlab://resnet101_v1c"
+    url = _resolve_url(source)
     assert url.startswith("https://") and url.endswith(".pth")
 
 
