@@ -14,6 +14,8 @@ import pytest
 
 from tests.conftest import ROOT, free_port, study_params, sweep
 
+pytestmark = pytest.mark.slow  # real Ray: a local one beside another, and a 2-node cluster
+
 
 def test_a_local_sweep_starts_its_own_ray_beside_another(tmp_path, tiny_data):
     """A `ray start --head` left running on the machine: plain ray.init() would join it and
