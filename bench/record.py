@@ -11,7 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from pipeline.tracking import git_commit
+from pipeline.provenance import git_commit
 
 #: Where the benchmarks write unless told otherwise (git-ignored): a folder per run.
 RUNS = Path("reports/bench/runs")

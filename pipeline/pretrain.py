@@ -28,124 +28,26 @@ import hashlib
 import json
 import shutil
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .contracts import (  # noqa: F401 - what this stage writes, defined under the stages
+from .contracts import (
     EARLY,
     MODEL,
     PRETRAIN_KEY,
     PRETRAIN_SUMMARY,
     DataParams,
-    StartingPoint,
+    PretrainParams,
+    PublishedCheckpoint,
     sha256_of,
+    study_protocol,
 )
 from .measures import METRICS
-from .params import ParamsError, check_schedule, load_params, lookup, parse_section
+from .params import ParamsError, load_params, lookup, parse_section
 
-PROTOCOLS = ("finetune", "scratch")
 SUMMARY = PRETRAIN_SUMMARY
 #: The pre-training's loss: plain cross-entropy, as the model zoo's CE checkpoints were trained.
 PRETRAIN_LOSS = {"type": "CrossEntropyLoss", "loss_weight": 1.0}
-
-
-class MissingPretrain(ParamsError):
-    """study.protocol is finetune, and the pretrain stage's model is not here."""
-
-
-@dataclass
-class PublishedCheckpoint:
-    """params.yaml: pretrain.published.<dataset>. A CE checkpoint and the mIoU its authors
-    published for it; `sha256` may be the prefix that the model zoo's file names carry."""
-
-    url: str
-    sha256: str
-    mIoU: float
-
-    def validate(self, where: str) -> None:
-        if len(self.sha256) < 8 or any(c not in "0123456789abcdef" for c in self.sha256):
-            raise ParamsError(f"params.yaml: {where}.sha256 must be the file's sha256 or its "
-                              f"first 8 or more hex digits (lower case), got '{self.sha256}'")
-        if urlparse(self.url).scheme not in ("http", "https"):
-            raise ParamsError(f"params.yaml: {where}.url must be an http(s) URL, got "
-                              f"'{self.url}'")
-
-
-@dataclass
-class PretrainParams:
-    """params.yaml: pretrain."""
-
-    iterations: int = 3000
-    val_interval: int = 500
-    seed: int = 0
-    lr: float | None = None  # null: the config's
-    # the weights at this iteration (a multiple of val_interval) are kept as early.pth, where
-    # the convergence arm (sweep.convergence) starts; null keeps none
-    early_iteration: int | None = 500
-    output: str = "models/pretrain"
-    work_dir: str = "work_dirs/pretrain"
-    published: dict[str, PublishedCheckpoint] = field(default_factory=dict)
-
-    def validate(self, where: str) -> None:
-        check_schedule(self, where)
-        if self.seed < 0:
-            raise ParamsError(f"params.yaml: {where}.seed must be >= 0, got {self.seed}")
-        early = self.early_iteration
-        if early is not None and not (0 < early < self.iterations
-                                      and early % self.val_interval == 0):
-            raise ParamsError(f"params.yaml: {where}.early_iteration must be a multiple of "
-                              f"{where}.val_interval ({self.val_interval}) below "
-                              f"{where}.iterations ({self.iterations}), or null; got {early}")
-
-
-def study_protocol(params: dict) -> str:
-    protocol = lookup(params, "study.protocol")
-    if protocol not in PROTOCOLS:
-        raise ParamsError(f"params.yaml: study.protocol must be one of {PROTOCOLS}, got "
-                          f"'{protocol}'")
-    return protocol
-
-
-def pretrain_output(dataset: str, params: dict) -> Path:
-    """Where the pretrain stage writes `dataset`'s model (models/pretrain/<dataset>)."""
-    pretrain = parse_section(PretrainParams, lookup(params, "pretrain"), "pretrain")
-    return Path(pretrain.output) / dataset
-
-
-def starting_point(dataset: str, params: dict, folder: Path | None = None) -> StartingPoint:
-    """The sweep's start for `dataset`: from the pretrain stage's output in `folder` (by
-    default where the stage writes it on this machine)."""
-    protocol = study_protocol(params)
-    if protocol == "scratch":
-        return StartingPoint("scratch")
-    folder = folder or pretrain_output(dataset, params)
-    summary = json.loads((folder / SUMMARY).read_text()) if (folder / SUMMARY).is_file() \
-        else None
-    if summary is None or summary.get("protocol") != "finetune" or \
-            not (folder / MODEL).is_file():
-        raise MissingPretrain(f"{folder / MODEL} is missing: study.protocol is finetune, so the "
-                              f"trials start from the pretrain stage's model (dvc repro "
-                              f"pretrain@{dataset}; in a Ray job, sweep.data.source: dvc and "
-                              f"`dvc push` bring it from the DVC remote)")
-    return StartingPoint("finetune", summary["sha256"], summary["mIoU"], summary["source"],
-                         str((folder / MODEL).resolve()))
-
-
-def early_point(dataset: str, folder: Path) -> StartingPoint:
-    """The pre-training's early weights in the pretrain stage's output `folder`."""
-    summary = json.loads((folder / SUMMARY).read_text()) if (folder / SUMMARY).is_file() \
-        else {}
-    early = summary.get("early")
-    if not early or not (folder / EARLY).is_file():
-        why = ("its checkpoint is a published one" if summary.get("source") == "published"
-               else "pretrain.early_iteration was null, or the stage has not run")
-        raise ParamsError(f"sweep.convergence.start is early, but {folder} has no early "
-                          f"checkpoint ({why}). Run `dvc repro pretrain@{dataset}` with "
-                          f"pretrain.early_iteration set, or set sweep.convergence.start: "
-                          f"scratch, or sweep.convergence.losses: [] to leave the arm out")
-    return StartingPoint("early", early["sha256"], early["mIoU"], "trained",
-                         str((folder / EARLY).resolve()), early["iteration"])
 
 
 # --- a published checkpoint ---------------------------------------------------------------------
@@ -234,11 +136,11 @@ def train_checkpoint(dataset: str, params: dict, pretrain: PretrainParams,
     summary = run(spec, TrackedRun())
     save_weights(last_checkpoint(work_dir), staging / MODEL, dataset, Path(spec.config).stem,
                  summary)
-    early_point = None
+    early_record = None
     if pretrain.early_iteration is not None:
         shutil.copyfile(early, staging / EARLY)
         at = next(r for r in summary["history"] if r["iteration"] == pretrain.early_iteration)
-        early_point = {"iteration": pretrain.early_iteration, "sha256": sha256_of(early),
+        early_record = {"iteration": pretrain.early_iteration, "sha256": sha256_of(early),
                        "mIoU": at["mIoU"]}
     tracker.finish_trial(run_id, summary, work_dir)
     # How this run went (resumed or not, how long) is the MLflow run's; the stage's output holds
@@ -246,7 +148,7 @@ def train_checkpoint(dataset: str, params: dict, pretrain: PretrainParams,
     tracker.set_tags(run_id, {"resumed_from": summary["resumed_from"]})
     return {"source": "trained", "key": key, "data_hash": data_hash,
             **{k: summary[k] for k in (*METRICS, "per_class", "iterations", "history")},
-            "config": Path(spec.config).stem, "seed": spec.seed, "early": early_point}
+            "config": Path(spec.config).stem, "seed": spec.seed, "early": early_record}
 
 
 def save_weights(checkpoint: Path, target: Path, dataset: str, config: str,

@@ -18,7 +18,7 @@ from pathlib import Path
 from .contracts import PRETRAIN_KEY
 from .params import ParamsError, load_params, lookup, parse_section
 from .progress import duration, standing
-from .tracking import PARENT, SWEEP_KEY, Tracker, TrackingParams, tracking_uri
+from .tracking import SWEEP_KEY, StudyRuns, TrackingParams
 
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
 
@@ -31,36 +31,23 @@ def planned_trials(params: dict[str, str]) -> int:
                              + count("convergence.losses"))
 
 
-def latest_run(tracker: Tracker, dataset: str, key_tag: str):
-    """The dataset's latest run that carries `key_tag` (a stage's key), or None."""
-    client = tracker.client
-    experiment = client.get_experiment_by_name(tracker.params.experiment)
-    runs = [] if experiment is None else client.search_runs(
-        [experiment.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
-        filter_string=f"tags.dataset = '{dataset}' and tags.`{key_tag}` != ''")
-    return runs[0] if runs else None
-
-
-def pretrain_line(tracker: Tracker, dataset: str) -> str | None:
+def pretrain_line(runs: StudyRuns, dataset: str) -> str | None:
     """The dataset's CE pre-training (its MLflow run), if one has started."""
-    run = latest_run(tracker, dataset, PRETRAIN_KEY)
+    run = runs.latest(dataset, PRETRAIN_KEY)
     if run is None:
         return None
-    history = tracker.client.get_metric_history(run.info.run_id, "mIoU")
+    history = runs.history(run.info.run_id, "mIoU")
     latest = max(history, key=lambda m: m.step) if history else None
     reached = (f"iteration {latest.step} of {run.data.params.get('iterations', '?')}, mIoU "
                f"{latest.value:.2f}") if latest else "no evaluation yet"
     return f"pretrain {run.info.status}: {reached}"
 
 
-def sweep_line(tracker: Tracker, dataset: str, now: float) -> str:
-    parent = latest_run(tracker, dataset, SWEEP_KEY)
+def sweep_line(runs: StudyRuns, dataset: str, now: float) -> str:
+    parent = runs.latest(dataset, SWEEP_KEY)
     if parent is None:
         return "no sweep has started"
-    children = tracker.client.search_runs(
-        [parent.info.experiment_id], max_results=10000,
-        filter_string=f"tags.`{PARENT}` = '{parent.info.run_id}'")
-    statuses = [c.info.status for c in children]
+    statuses = [c.info.status for c in runs.children(parent)]
     done = sum(s in TERMINAL for s in statuses)
     running = sum(s == "RUNNING" for s in statuses)
     total = max(planned_trials(parent.data.params), done + running)
@@ -99,17 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     except ParamsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    uri = tracking_uri(tracking)
-    # a client of a sqlite URI creates the file: look first, and only read
-    readable = not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).is_file()
-    tracker = Tracker(tracking) if readable else None
+    runs = StudyRuns(tracking)  # reads only: a missing store is not created
     now = time.time()
     width = max(map(len, datasets))
-    print(f"MLflow {uri}, experiment {tracking.experiment}")
+    print(f"MLflow {runs.uri}, experiment {tracking.experiment}")
     for dataset in datasets:
-        try:  # reads only: a missing store is not created
-            lines = [pretrain_line(tracker, dataset), sweep_line(tracker, dataset, now)] \
-                if readable else ["no MLflow store yet"]
+        try:
+            lines = [pretrain_line(runs, dataset), sweep_line(runs, dataset, now)] \
+                if runs.exists else ["no MLflow store yet"]
         except Exception as error:  # noqa: BLE001 - the store's failures vary; say it
             lines = [f"MLflow not readable ({type(error).__name__}: {str(error)[:200]})"]
         for i, line in enumerate(line for line in lines if line):

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 from .measures import METRICS
 from .params import ParamsError, in_project
+from .provenance import GIT_COMMIT, git_commit, package_versions
 from .secret_names import is_secret
 from .train import RESULT_FILES
 from .watch import RUN_METRICS, SYSTEM_PREFIX
@@ -31,8 +30,6 @@ SWEEP_KEY = "pixiou.sweep_key"
 TRIAL_KEY = "pixiou.trial_key"
 FINAL_LOGGED = "pixiou.final_logged"
 PARENT = "mlflow.parentRunId"
-GIT_COMMIT = "mlflow.source.git.commit"
-PACKAGES = ("torch", "mmengine", "mmcv", "mmsegmentation", "ray", "mlflow", "dvc", "numpy")
 LIVE_METRICS = (*METRICS, "loss", *RUN_METRICS)
 
 
@@ -105,25 +102,6 @@ def redact(text: str, secrets: list[str]) -> str:
     for secret in secrets:
         text = text.replace(secret, "***")
     return text
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
-def package_versions() -> dict[str, str]:
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[f"version.{name}"] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
 
 
 class Tracker:
@@ -325,3 +303,42 @@ class Tracker:
                                                for k, v in counts.items()])
         self.client.set_terminated(run_id, "FINISHED" if counts.get("failed", 0) == 0
                                    else "FAILED")
+
+    def attach_report(self, run_id: str, tables: Path, figures: Path) -> None:
+        """The report's tables and figures as artifacts (`report/`) of a sweep's parent run."""
+        self.client.get_run(run_id)  # a run the store does not have: an error, not a new run
+        self.client.log_artifact(run_id, str(tables), "report")
+        self.client.log_artifacts(run_id, str(figures), "report/figures")
+
+
+class StudyRuns:
+    """The read side of the study's MLflow runs (`make status`): it never creates a run, an
+    experiment or a store (a sqlite file that is not there is not made)."""
+
+    def __init__(self, params: TrackingParams):
+        from mlflow.tracking import MlflowClient
+
+        self.params = params
+        self.uri = tracking_uri(params)
+        local = self.uri.removeprefix("sqlite:///")
+        self.exists = not self.uri.startswith("sqlite:///") or Path(local).is_file()
+        self.client = MlflowClient(self.uri) if self.exists else None
+
+    def latest(self, dataset: str, key_tag: str):
+        """The dataset's latest run that carries `key_tag` (a stage's key), or None."""
+        if self.client is None:
+            return None
+        experiment = self.client.get_experiment_by_name(self.params.experiment)
+        runs = [] if experiment is None else self.client.search_runs(
+            [experiment.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
+            filter_string=f"tags.dataset = '{dataset}' and tags.`{key_tag}` != ''")
+        return runs[0] if runs else None
+
+    def history(self, run_id: str, metric: str) -> list:
+        return self.client.get_metric_history(run_id, metric)
+
+    def children(self, parent) -> list:
+        """The trials' runs of a sweep's parent run."""
+        return self.client.search_runs(
+            [parent.info.experiment_id], max_results=10000,
+            filter_string=f"tags.`{PARENT}` = '{parent.info.run_id}'")

@@ -151,3 +151,27 @@ def test_the_sweep_writes_its_results_where_params_say(tmp_path):
                                                        "results.json")
     assert main(["synthetic_voc", "--params", str(tmp_path / "params.yaml"), "--fetch"]) == 0
     assert (tmp_path / "elsewhere" / "synthetic_voc.json").is_file()
+
+
+#: Each stage's own modules. The data stage's library parts (layouts, validation, downloads)
+#: are shared; its command is not.
+STAGE_MODULES = {"data": ("pipeline.data.__main__",), "pretrain": ("pipeline.pretrain",),
+                 "sweep": ("pipeline.sweep",), "report": ("pipeline.report",)}
+
+
+def test_no_stage_imports_another_stage():
+    """Stages talk through the layer under them (pipeline/contracts.py, the params schemas),
+    never by importing each other's modules."""
+    def owner(module: str) -> str | None:
+        return next((stage for stage, roots in STAGE_MODULES.items()
+                     if any(module == r or module.startswith(r + ".") for r in roots)), None)
+
+    reaching = []
+    for path in (ROOT / "pipeline").rglob("*.py"):
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        stage = owner(name)
+        for module in imported(path):
+            other = owner(module)
+            if other is not None and other != stage and module_file(module) is not None:
+                reaching.append(f"{path.relative_to(ROOT)} imports {module} ({other})")
+    assert not reaching, reaching

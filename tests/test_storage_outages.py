@@ -18,7 +18,23 @@ from tests.servers import FailingProxy, s3_server, stop
 
 pytestmark = pytest.mark.slow
 
-BURST_S = 20.0  # longer than pyarrow's own retries (6 s measured), shorter than ours (45 s)
+#: Longer than pyarrow's own retries (measured in the test), shorter than ours bridge (5 of
+#: pyarrow's, with 1+2+4+8 s of back-off between them).
+BURST_S = 20.0
+
+
+def _pyarrow_gives_up_after(proxy: FailingProxy, env: dict) -> float:
+    """Seconds pyarrow's S3 filesystem (its default retries) takes to give up on 503s."""
+    probe = ("import time, pyarrow.fs as fs\nstart = time.monotonic()\ntry:\n"
+             "    fs.FileSystem.from_uri('s3://study/x')[0].get_file_info('study/x')\n"
+             "except OSError:\n    print(time.monotonic() - start)\n")
+    proxy.failing.set()
+    try:
+        done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
+                              text=True, timeout=120)
+    finally:
+        proxy.failing.clear()
+    return float(done.stdout.strip().splitlines()[-1])
 
 
 def _wait_for(predicate, process, log: Path, timeout: float = 300) -> None:
@@ -35,6 +51,11 @@ def test_s3_errors_during_uploads_and_callbacks_cost_waits_not_retries(tmp_path,
         proxy = FailingProxy(s3["AWS_ENDPOINT_URL"])
         env = {**os.environ, **{k: v for k, v in s3.items() if k.isupper()},
                "AWS_ENDPOINT_URL": proxy.url}
+        gives_up = _pyarrow_gives_up_after(proxy, env)
+        print(f"pyarrow alone gives up on 503s after {gives_up:.1f} s")
+        # longer than pyarrow bridges alone; shorter than our 5 attempts of it and 15 s of waits
+        assert gives_up < BURST_S < 5 * gives_up + 15
+        proxy.refused = 0
         prefix = f"flaky{workers}"
         params = study_params(tmp_path, tiny_data, train=dict(iterations=30, val_interval=5),
                               sweep=dict(losses=["ce"], seeds=[0], storage=f"s3://study/{prefix}",

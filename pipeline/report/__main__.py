@@ -318,16 +318,14 @@ def attach_to_mlflow(params: dict, built: Report, out: Path) -> list[str]:
 
     tracking = parse_section(TrackingParams, params.get("tracking", {}), "tracking")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # one quick try
-    client = Tracker(tracking).client
+    tracker = Tracker(tracking)
     attached, problems = [], []
     for results, _ in built.studies:
         parent = json.loads(results.path.read_text()).get("mlflow_parent_run_id")
         if not parent:
             continue
         try:
-            client.get_run(parent)
-            client.log_artifact(parent, str(out / "tables.md"), "report")
-            client.log_artifacts(parent, str(out / "figures"), "report/figures")
+            tracker.attach_report(parent, out / "tables.md", out / "figures")
             attached.append(f"{results.dataset} (run {parent})")
         except Exception as error:  # noqa: BLE001 - any failure of the store: say it, go on
             said = redact(f"{type(error).__name__}: {error}", environment_secrets())

@@ -12,9 +12,15 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..contracts import DataParams, StartingPoint
+from ..contracts import (
+    DataParams,
+    MissingPretrain,
+    StartingPoint,
+    early_point,
+    pretrain_output,
+    starting_point,
+)
 from ..params import ParamsError, for_dataset, load_params, lookup, parse_section
-from ..pretrain import MissingPretrain, early_point, pretrain_output, starting_point
 from ..scaling import BatchPlan, plan_batch
 from ..sweep_params import (  # noqa: F401 - the section's schema, where the sweep's code finds it
     CONVERGENCE_STARTS,
