@@ -123,6 +123,7 @@ def pull_locked(name: str, md5: str, remote: dict, cache: str, check: str | None
     cache_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):
         state = _state(done)
+        found = state
         if state is None or not _intact(folder / name, state["sizes"]):
             _pull(name, md5, remote, folder, force=state is not None)
             state = {"sizes": _sizes(folder / name), "checked": []}
@@ -140,9 +141,10 @@ def pull_locked(name: str, md5: str, remote: dict, cache: str, check: str | None
                         f"node {socket.gethostname()}: {folder / name}: {', '.join(still[:3])} "
                         f"still differ from DVC's manifest of {md5} after a new pull: the "
                         "remote's copy is damaged (`dvc push` it again)")
-                state["sizes"] = _sizes(folder / name)
-            state["checked"] = [*state["checked"], check][-100:]
-        done.write_text(json.dumps(state))
+                state = {**state, "sizes": _sizes(folder / name)}
+            state = {**state, "checked": [*state["checked"], check][-100:]}
+        if state != found:  # a use that changed nothing leaves the marker as it was
+            done.write_text(json.dumps(state))
     return folder / name
 
 

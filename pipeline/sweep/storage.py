@@ -19,6 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.fs as pafs
+
 from ..params import ParamsError, in_project
 from ..retry import with_backoff
 
@@ -164,3 +166,75 @@ class Storage:
                             destination_filesystem=self.fs)
 
         self._retried("upload", copy)
+
+
+def retrying(fs):
+    """`fs` with every call retried with back-off (pyarrow.fs.PyFileSystem): what Ray Train
+    writes through the filesystem it is given (its run snapshot, after every report) weathers
+    an object store's 503s as the sweep's own calls do."""
+    return pafs.PyFileSystem(RetryingHandler(fs))
+
+
+class RetryingHandler(pafs.FileSystemHandler):
+    """The pyarrow.fs.FileSystemHandler methods, each the inner filesystem's, retried."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __reduce__(self):  # Ray pickles the filesystem to the trial's controller
+        return (type(self), (self.inner,))
+
+    def _call(self, what: str, call):
+        return with_backoff(call, f"{what} ({self.inner.type_name})")
+
+    def __eq__(self, other) -> bool:
+        return type(other) is type(self) and self.inner.equals(other.inner)
+
+    def get_type_name(self) -> str:
+        return f"retrying-{self.inner.type_name}"
+
+    def normalize_path(self, path):
+        return self.inner.normalize_path(path)
+
+    def get_file_info(self, paths):
+        return self._call("stat", lambda: self.inner.get_file_info(paths))
+
+    def get_file_info_selector(self, selector):
+        return self._call("list", lambda: self.inner.get_file_info(selector))
+
+    def create_dir(self, path, recursive):
+        self._call("mkdir", lambda: self.inner.create_dir(path, recursive=recursive))
+
+    def delete_dir(self, path):
+        self._call("delete", lambda: self.inner.delete_dir(path))
+
+    def delete_dir_contents(self, path, missing_dir_ok=False):
+        self._call("delete", lambda: self.inner.delete_dir_contents(
+            path, missing_dir_ok=missing_dir_ok))
+
+    def delete_root_dir_contents(self):
+        self._call("delete", lambda: self.inner.delete_dir_contents("/", accept_root_dir=True))
+
+    def delete_file(self, path):
+        self._call("delete", lambda: self.inner.delete_file(path))
+
+    def move(self, src, dest):
+        self._call("move", lambda: self.inner.move(src, dest))
+
+    def copy_file(self, src, dest):
+        self._call("copy", lambda: self.inner.copy_file(src, dest))
+
+    def open_input_stream(self, path):
+        return self._call("read", lambda: self.inner.open_input_stream(path))
+
+    def open_input_file(self, path):
+        return self._call("read", lambda: self.inner.open_input_file(path))
+
+    def open_output_stream(self, path, metadata):
+        return self._call("write", lambda: self.inner.open_output_stream(path,
+                                                                          metadata=metadata))
+
+    def open_append_stream(self, path, metadata):
+        return self._call("write", lambda: self.inner.open_append_stream(path,
+                                                                          metadata=metadata))
+

@@ -22,7 +22,7 @@ from .checkpoints import check_ray_snapshot, iteration_of, latest_whole, marker
 from .datasets import DatasetVersion, dataset_folder, node_use
 from .failures import ATTEMPTS_FILE, record_failure
 from .lock import process_alive
-from .storage import FINAL, Storage
+from .storage import FINAL, Storage, retrying
 
 #: Written by the driver into `<storage>/<dataset>/` before any trial starts: a rank that does
 #: not find it does not share the driver's storage (a local path on a cluster).
@@ -383,7 +383,7 @@ def _drive(trial: dict) -> None:
                                       trial.get("gpus_per_worker", 1)),
         run_config=ray.train.RunConfig(
             name=trial["name"], storage_path=storage.path(trial["dataset"]),
-            storage_filesystem=storage.fs, callbacks=[TuneReportCallback()],
+            storage_filesystem=retrying(storage.fs), callbacks=[TuneReportCallback()],
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute="mIoU", checkpoint_score_order="max"),
             failure_config=ray.train.FailureConfig(max_failures=0)))  # Tune retries trials
