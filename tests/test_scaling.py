@@ -71,27 +71,19 @@ def test_the_sweep_plans_scaled_trials(tmp_path, tiny_data):
     assert same.key != trial.key
 
 
-@pytest.mark.parametrize("value,ok", [(-1, True), (0, True), (3, True), (-2, False)])
-def test_max_failures_takes_tunes_retry_forever(value, ok):
+@pytest.mark.parametrize("key,value,error", [
+    ("max_failures", -1, None), ("max_failures", 0, None), ("max_failures", 3, None),
+    ("max_failures", -2, "max_failures must be >= 0, or -1"),  # -1: Tune's retry forever
+    ("max_repeated_failures", 1, None), ("max_repeated_failures", 3, None),
+    ("max_repeated_failures", 0, "sweep.max_repeated_failures must be >= 1"),
+])
+def test_the_retry_params_take_tunes_forever_and_a_cap_of_at_least_one(key, value, error):
     from pipeline.params import parse_section
     from pipeline.sweep import SweepParams
 
-    data = dict(losses=["ce"], seeds=[0], max_failures=value)
-    if ok:
-        assert parse_section(SweepParams, data, "sweep").max_failures == value
+    data = {"losses": ["ce"], "seeds": [0], key: value}
+    if error is None:
+        assert getattr(parse_section(SweepParams, data, "sweep"), key) == value
     else:
-        with pytest.raises(ParamsError, match="max_failures must be >= 0, or -1"):
-            parse_section(SweepParams, data, "sweep")
-
-
-@pytest.mark.parametrize("value,ok", [(1, True), (3, True), (0, False)])
-def test_the_repeated_failure_cap_is_at_least_one_attempt(value, ok):
-    from pipeline.params import parse_section
-    from pipeline.sweep import SweepParams
-
-    data = dict(losses=["ce"], seeds=[0], max_repeated_failures=value)
-    if ok:
-        assert parse_section(SweepParams, data, "sweep").max_repeated_failures == value
-    else:
-        with pytest.raises(ParamsError, match="sweep.max_repeated_failures must be >= 1"):
+        with pytest.raises(ParamsError, match=error):
             parse_section(SweepParams, data, "sweep")
