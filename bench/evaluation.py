@@ -27,15 +27,16 @@ TRIAL_ITERATIONS = 160
 
 
 def _spec(dataset: str, work_dir: str, **overrides):
-    from pipeline.train import RunSpec, load_train_params
+    """The spec of a CE fine-tuning run of `dataset`, and where it runs."""
+    from pipeline.train import Placement, RunSpec, load_train_params
 
     params = yaml.safe_load(Path("params.yaml").read_text())
     train = load_train_params()
     model = Path(params["pretrain"]["output"]) / dataset / "model.pth"
     values = dict(config=train.config_for(dataset), loss="ce", terms=train.terms_of("ce", "x"),
-                  seed=0, work_dir=work_dir, data_root=params["data"]["root"], lr=train.lr,
-                  overlays=0, threads=1, init_checkpoint=str(model))
-    return RunSpec(**{**values, **overrides})
+                  seed=0, lr=train.lr, overlays=0, threads=1)
+    return (RunSpec(**{**values, **overrides}),
+            Placement(work_dir, params["data"]["root"], str(model)))
 
 
 def evaluation_runner(dataset: str, work_dir: str, batch: int):
@@ -43,9 +44,9 @@ def evaluation_runner(dataset: str, work_dir: str, batch: int):
     from pipeline.train import prepare
     from pipeline.train.engine import StudyRunner
 
-    spec = _spec(dataset, work_dir)
-    cfg = prepare(spec, world_size=1)
-    cfg.load_from, cfg.resume = spec.init_checkpoint, False
+    spec, placement = _spec(dataset, work_dir)
+    cfg = prepare(spec, placement, world_size=1)
+    cfg.load_from, cfg.resume = placement.init_checkpoint, False
     cfg.val_dataloader.batch_size = batch
     cfg.default_hooks.logger.interval = 10 ** 6  # quiet
     cfg.log_level = "WARNING"
@@ -57,9 +58,9 @@ def training_seconds_per_iteration(dataset: str, work_dir: str, iterations: int 
     from pipeline.train import run
     from pipeline.train.engine import isolated_mmengine_state
 
-    spec = _spec(dataset, work_dir, iterations=iterations, val_interval=iterations)
+    spec, placement = _spec(dataset, work_dir, iterations=iterations, val_interval=iterations)
     with isolated_mmengine_state():
-        run(spec)
+        run(spec, placement)
     (log,) = Path(work_dir).glob("*/*.log")
     times = [float(match) for match in re.findall(r"Iter\(train\).* time: ([0-9.]+)",
                                                   log.read_text())]

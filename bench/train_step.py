@@ -55,10 +55,10 @@ def build(loss):
     from mmengine.optim import build_optim_wrapper
     from mmseg.registry import MODELS
 
-    from pipeline.train import RunSpec, build_config
+    from pipeline.train import Placement, RunSpec, build_config
 
-    cfg = build_config(RunSpec(config=CONFIG, loss=loss, terms=LOSSES[loss], seed=0,
-                               work_dir="unused"))
+    cfg = build_config(RunSpec(config=CONFIG, loss=loss, terms=LOSSES[loss], seed=0),
+                       Placement("unused"))
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)
     model.train()

@@ -46,6 +46,12 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def identity_key(identity: dict) -> str:
+    """The key of a run (a sweep trial, the pre-training): sha256 of its identity as JSON with
+    sorted keys. Equal identities, equal keys, on any machine."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
 @dataclass(frozen=True)
 class StartingPoint:
     """Where a sweep's trials start: their protocol and, fine-tuning, the checkpoint."""

@@ -24,7 +24,6 @@ With `study.protocol: scratch` the stage writes only a summary that says so, and
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import sys
@@ -39,6 +38,7 @@ from .contracts import (
     DataParams,
     PretrainParams,
     PublishedCheckpoint,
+    identity_key,
     sha256_of,
     study_protocol,
 )
@@ -86,6 +86,7 @@ def train_checkpoint(dataset: str, params: dict, pretrain: PretrainParams,
     from .data.validate import manifest_hash
     from .tracking import NOTE, Tracker, TrackingParams
     from .train import (
+        Placement,
         Reporter,
         RunSpec,
         TrainParams,
@@ -101,14 +102,12 @@ def train_checkpoint(dataset: str, params: dict, pretrain: PretrainParams,
         raise ParamsError(f"{Path(data_root) / dataset / 'manifest.json'} is missing: build "
                           f"the dataset first (dvc repro data@{dataset})")
     spec = RunSpec(config=train.config_for(dataset), loss="ce", terms=[PRETRAIN_LOSS],
-                   seed=pretrain.seed, work_dir="", data_root=data_root, lr=pretrain.lr,
-                   iterations=pretrain.iterations, val_interval=pretrain.val_interval,
-                   deterministic=train.deterministic, overlays=train.overlays)
-    identity = {**spec.to_dict(), "work_dir": None, "data": data_hash,
-                "code": code_fingerprint(), "early_iteration": pretrain.early_iteration}
-    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+                   seed=pretrain.seed, lr=pretrain.lr, iterations=pretrain.iterations,
+                   val_interval=pretrain.val_interval, deterministic=train.deterministic,
+                   overlays=train.overlays)
+    key = identity_key({**spec.to_dict(), "data": data_hash, "code": code_fingerprint(),
+                        "early_iteration": pretrain.early_iteration})
     work_dir = Path(pretrain.work_dir) / dataset / key[:16]
-    spec = RunSpec(**{**spec.to_dict(), "work_dir": str(work_dir)})
 
     tracker = Tracker(parse_section(TrackingParams, params.get("tracking", {}), "tracking"))
     tracker.check()
@@ -128,31 +127,33 @@ def train_checkpoint(dataset: str, params: dict, pretrain: PretrainParams,
     class TrackedRun(Reporter):
         def evaluation(self, record: dict, checkpoint: Path | None) -> None:
             if record["iteration"] == pretrain.early_iteration and checkpoint is not None:
-                save_weights(checkpoint, early, dataset, Path(spec.config).stem, record)
+                save_weights(checkpoint, early, dataset, Path(spec.config).stem,
+                             record["iteration"], record["mIoU"])
             tracker.log_evaluations(run_id, [record])
             print(f"[pretrain] {dataset} iter {record['iteration']}: "
                   + " ".join(f"{m} {record[m]:.2f}" for m in METRICS), flush=True)
 
-    summary = run(spec, TrackedRun())
+    summary = run(spec, Placement(str(work_dir), data_root), TrackedRun())
     save_weights(last_checkpoint(work_dir), staging / MODEL, dataset, Path(spec.config).stem,
-                 summary)
+                 summary.iterations, summary.metrics["mIoU"])
     early_record = None
     if pretrain.early_iteration is not None:
         shutil.copyfile(early, staging / EARLY)
-        at = next(r for r in summary["history"] if r["iteration"] == pretrain.early_iteration)
+        at = next(r for r in summary.history if r["iteration"] == pretrain.early_iteration)
         early_record = {"iteration": pretrain.early_iteration, "sha256": sha256_of(early),
                        "mIoU": at["mIoU"]}
     tracker.finish_trial(run_id, summary, work_dir)
     # How this run went (resumed or not, how long) is the MLflow run's; the stage's output holds
     # only what the model is, so the same params and data give the same bytes (and DVC hash).
-    tracker.set_tags(run_id, {"resumed_from": summary["resumed_from"]})
-    return {"source": "trained", "key": key, "data_hash": data_hash,
-            **{k: summary[k] for k in (*METRICS, "per_class", "iterations", "history")},
+    tracker.set_tags(run_id, {"resumed_from": summary.resumed_from})
+    return {"source": "trained", "key": key, "data_hash": data_hash, **summary.metrics,
+            "per_class": summary.per_class, "iterations": summary.iterations,
+            "history": summary.history,
             "config": Path(spec.config).stem, "seed": spec.seed, "early": early_record}
 
 
-def save_weights(checkpoint: Path, target: Path, dataset: str, config: str,
-                 reached: dict) -> None:
+def save_weights(checkpoint: Path, target: Path, dataset: str, config: str, iteration: int,
+                 miou: float) -> None:
     """The weights of an mmengine checkpoint of our own work dir, without the optimizer (what
     a fine-tuning run loads, a quarter of the bytes). Our own file: mmengine's resume state
     needs full unpickling."""
@@ -160,9 +161,8 @@ def save_weights(checkpoint: Path, target: Path, dataset: str, config: str,
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     torch.save({"state_dict": state["state_dict"],
-                "meta": {"dataset": dataset, "config": config,
-                         "iterations": reached["iteration"] if "iteration" in reached
-                         else reached["iterations"], "mIoU": reached["mIoU"]}}, target)
+                "meta": {"dataset": dataset, "config": config, "iterations": iteration,
+                         "mIoU": miou}}, target)
 
 
 # --- the stage -----------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from .measures import METRICS
 from .params import ParamsError, in_project
 from .provenance import GIT_COMMIT, git_commit, package_versions
 from .secret_names import is_secret
-from .train import RESULT_FILES
+from .train import RESULT_FILES, RunSummary
 from .watch import RUN_METRICS, SYSTEM_PREFIX
 
 SWEEP_KEY = "pixiou.sweep_key"
@@ -267,17 +267,17 @@ class Tracker:
         """finish_trial has logged this run's final values and artifacts."""
         return self.client.get_run(run_id).data.tags.get(FINAL_LOGGED) == "1"
 
-    def finish_trial(self, run_id: str, summary: dict, work_dir: Path) -> None:
+    def finish_trial(self, run_id: str, summary: RunSummary, work_dir: Path) -> None:
         """Final and per-class values, the history and the run's artifacts; once."""
         from mlflow.entities import Metric
 
         if self.final_logged(run_id):
             return
-        self.log_evaluations(run_id, summary["history"])
+        self.log_evaluations(run_id, summary.history)
         now = int(time.time() * 1000)
-        step = int(summary["iterations"])
-        finals = {**{f"final.{m}": summary[m] for m in METRICS if m in summary},
-                  "wall_time_s": summary["wall_time_s"], **summary["per_class"]}
+        step = int(summary.iterations)
+        finals = {**{f"final.{m}": v for m, v in summary.metrics.items()},
+                  "wall_time_s": summary.wall_time_s, **summary.per_class}
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step)
                                                for k, v in finals.items()])
         for name in RESULT_FILES:
@@ -286,7 +286,7 @@ class Tracker:
                 self.client.log_artifacts(run_id, str(path), name)
             elif path.is_file():
                 self.client.log_artifact(run_id, str(path))
-        self.set_tags(run_id, {FINAL_LOGGED: "1", "world_size": summary["world_size"]})
+        self.set_tags(run_id, {FINAL_LOGGED: "1", "world_size": summary.world_size})
         self.client.set_terminated(run_id, "FINISHED")
 
     def end_trial(self, run_id: str, status: str, note: str | None = None) -> None:

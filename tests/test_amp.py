@@ -7,7 +7,7 @@ import torch
 
 from pipeline.losses.modules import LovaszPixIoULoss, LovaszSoftmaxLoss
 from pipeline.precision import CPU_WRAPPER, PrecisionError
-from pipeline.train import RunSpec, build_config, run
+from pipeline.train import Placement, RunSpec, build_config, run
 from tests.test_train import TINY_VOC
 
 PAPER_VOC = "mmseg_configs/deeplabv3plus_r101-d8_4xb4-20k_voc12aug-512x512.py"
@@ -16,27 +16,29 @@ LOSSES = [LovaszSoftmaxLoss(), LovaszPixIoULoss(), LovaszSoftmaxLoss(per_image=T
 IDS = ["lovasz", "pixiou", "lovasz_img", "pixiou_img"]
 
 
-def spec(tmp_path, **fields) -> RunSpec:
+def spec(**fields) -> RunSpec:
     return RunSpec(config=PAPER_VOC, loss="ce", terms=[{"type": "CrossEntropyLoss"}], seed=0,
-                   work_dir=str(tmp_path / "run"), **fields)
+                   **fields)
 
 
 @pytest.mark.parametrize("amp, dtype", [("fp16", "float16"), ("bf16", "bfloat16")])
 def test_the_gpu_config_trains_under_mmengines_amp_wrapper(tmp_path, amp, dtype):
-    cfg = build_config(spec(tmp_path, amp=amp), world_size=4, on_gpu=True, device_index=0)
+    cfg = build_config(spec(amp=amp), Placement(str(tmp_path)), world_size=4, on_gpu=True,
+                       device_index=0)
     wrapper = cfg.optim_wrapper
     assert wrapper.type == "AmpOptimWrapper" and wrapper.dtype == dtype
     assert wrapper.loss_scale == "dynamic"
     assert wrapper.optimizer.type == "SGD"  # the config's optimizer, kept
     # evaluation stays fp32: no loop autocasts
     assert not cfg.val_cfg.get("fp16") and not cfg.test_cfg.get("fp16")
-    fp32 = build_config(spec(tmp_path), world_size=4, on_gpu=True, device_index=0)
+    fp32 = build_config(spec(), Placement(str(tmp_path)), world_size=4, on_gpu=True,
+                        device_index=0)
     assert fp32.optim_wrapper.type == "OptimWrapper"
 
 
 def test_fp16_on_cpu_is_a_clear_error(tmp_path):
     with pytest.raises(PrecisionError, match="fp16 needs a GPU.*On CPU use bf16"):
-        build_config(spec(tmp_path, amp="fp16"), on_gpu=False)
+        build_config(spec(amp="fp16"), Placement(str(tmp_path)), on_gpu=False)
 
 
 def scores(seed: int, shape=(2, 5, 48, 48)) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,9 +80,9 @@ def test_a_cpu_run_under_bf16_autocast_finishes(tmp_path, tiny_data):
     summary = run(RunSpec(config=TINY_VOC, loss="pixiou",
                           terms=[{"type": "CrossEntropyLoss"},
                                  {"type": "LovaszPixIoULoss", "loss_weight": 1.0}],
-                          seed=0, work_dir=str(tmp_path / "run"), data_root=str(tiny_data),
-                          iterations=2, val_interval=2, overlays=0, threads=1, amp="bf16"))
-    assert summary["iterations"] == 2 and summary["spec"]["amp"] == "bf16"
-    assert all(torch.isfinite(torch.tensor(summary[m])) for m in ("mIoU", "mPixIoU"))
+                          seed=0, iterations=2, val_interval=2, overlays=0, threads=1,
+                          amp="bf16"), Placement(str(tmp_path / "run"), str(tiny_data)))
+    assert summary.iterations == 2 and summary.spec["amp"] == "bf16"
+    assert all(torch.isfinite(torch.tensor(summary.metrics[m])) for m in ("mIoU", "mPixIoU"))
     config = (tmp_path / "run" / "config.py").read_text()
     assert CPU_WRAPPER in config and "bfloat16" in config

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pipeline.determinism import CUBLAS_WORKSPACE, STRICT, determinism
-from pipeline.train import RunSpec, run
+from pipeline.train import Placement, RunSpec, run
 from tests.test_train import TINY_VOC
 
 
@@ -56,7 +56,7 @@ def test_the_gpu_config_benchmarks_cudnn_unless_strict(tmp_path, mode, benchmark
 
     cfg = build_config(RunSpec(config="mmseg_configs/deeplabv3plus_r101-d8_4xb4-20k_"
                                       "voc12aug-512x512.py", loss="ce", terms=[], seed=0,
-                               work_dir=str(tmp_path), deterministic=mode), on_gpu=True)
+                               deterministic=mode), Placement(str(tmp_path)), on_gpu=True)
     assert cfg.env_cfg.cudnn_benchmark is benchmark
     assert cfg.randomness == {"seed": 0, "deterministic": False}
 
@@ -84,8 +84,8 @@ def test_a_deterministic_run_leaves_only_warnings_armed(tmp_path, tiny_data, tor
     an op with no deterministic kernel (on CUDA: DeepLabV3+'s backward) cannot fail it."""
     torch.use_deterministic_algorithms(False)
     run(RunSpec(config=TINY_VOC, loss="ce", terms=[{"type": "CrossEntropyLoss"}], seed=0,
-                work_dir=str(tmp_path / "run"), data_root=str(tiny_data), iterations=2,
-                val_interval=2, overlays=0, threads=1, deterministic=True))
+                iterations=2, val_interval=2, overlays=0, threads=1, deterministic=True),
+        Placement(str(tmp_path / "run"), str(tiny_data)))
     assert torch.are_deterministic_algorithms_enabled()
     assert torch.is_deterministic_algorithms_warn_only_enabled()
     assert not torch.backends.cudnn.benchmark

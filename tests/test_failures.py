@@ -117,7 +117,7 @@ def test_an_error_that_outlasts_the_retries_is_raised(tmp_path, no_waiting):
 def test_no_tune_callback_raises_when_the_storage_fails(tmp_path, no_waiting, capsys):
     """An S3 error inside on_trial_complete would make Tune stop every trial."""
     from pipeline.progress import Progress
-    from pipeline.sweep.driver import _tune_callback
+    from pipeline.sweep.callbacks import tune_callback
 
     broken = Storage(str(tmp_path), FlakyFileSystem(times=99), str(tmp_path))
     trial = SimpleNamespace(key="k" * 64, name="ce_seed0_kkkkkkkk", folder=("d", "ce_seed0"),
@@ -127,7 +127,7 @@ def test_no_tune_callback_raises_when_the_storage_fails(tmp_path, no_waiting, ca
     tracking = SimpleNamespace(study=SimpleNamespace(storage=broken), behind=False,
                                later=lambda what, write: None, child=lambda t: "run")
     progress = Progress("sweep@d", 1, print)
-    callback = _tune_callback(tracking, {trial.key: trial}, progress)
+    callback = tune_callback(tracking, {trial.key: trial}, progress)
     tune_trial = SimpleNamespace(config={"trial": {"key": trial.key}}, last_result={},
                                  error_file=None)
     callback.on_trial_start(0, [], tune_trial)
@@ -338,7 +338,7 @@ def test_a_retried_trial_is_one_trial_and_mlflow_gets_each_step_once(tmp_path, c
     """A trial killed after evaluating iterations 2 (checkpointed) and 4 (not), retried on
     another node: one trial running, both nodes listed, MLflow given 2 once and the retry's 4."""
     from pipeline.progress import Progress
-    from pipeline.sweep.driver import _tune_callback
+    from pipeline.sweep.callbacks import tune_callback
 
     logged, tags = [], []
     tracker = SimpleNamespace(log_evaluations=lambda run, records: logged.extend(
@@ -349,7 +349,7 @@ def test_a_retried_trial_is_one_trial_and_mlflow_gets_each_step_once(tmp_path, c
                                later=lambda what, write: write())
     trial = SimpleNamespace(key="k", name="ce_seed0_k", folder=("d", "t"))
     progress = Progress("sweep@d", 1, print)
-    callback = _tune_callback(tracking, {"k": trial}, progress)
+    callback = tune_callback(tracking, {"k": trial}, progress)
     tune_trial = SimpleNamespace(config={"trial": {"key": "k"}}, error_file=None)
 
     def report(iteration, miou, node, checkpoint):

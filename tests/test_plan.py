@@ -138,7 +138,7 @@ def test_a_dataset_schedule_reaches_its_config_and_only_its_own(tmp_path):
     """voc's schedule builds into voc's config; cityscapes' values stay its own."""
     from pipeline.params import for_dataset, load_params, parse_section
     from pipeline.sweep_params import SweepParams
-    from pipeline.train import RunSpec, TrainParams, build_config
+    from pipeline.train import Placement, RunSpec, TrainParams, build_config
 
     path, _ = real_study(tmp_path)
     params = load_params(path)
@@ -149,10 +149,9 @@ def test_a_dataset_schedule_reaches_its_config_and_only_its_own(tmp_path):
             train.val_subset) == (2000, 250, 1000, 300)
     assert sweep.gpus_per_trial == 4 and sweep.convergence.start == "scratch"
     cfg = build_config(RunSpec(config=train.config_for("voc"), loss="ce", terms=[], seed=0,
-                               work_dir=str(tmp_path / "w"), iterations=train.iterations,
-                               val_interval=train.val_interval,
+                               iterations=train.iterations, val_interval=train.val_interval,
                                checkpoint_interval=train.checkpoint_interval,
-                               val_subset=train.val_subset))
+                               val_subset=train.val_subset), Placement(str(tmp_path / "w")))
     assert cfg.train_cfg.max_iters == 2000 and cfg.train_cfg.val_interval == 250
     assert cfg.default_hooks.checkpoint.interval == 1000
     assert cfg.val_dataloader.dataset.indices == 300

@@ -70,17 +70,15 @@ def test_the_pretrain_stage_writes_a_checked_ce_model_and_its_mlflow_run(pretrai
 
 
 def test_a_finetuning_run_starts_from_exactly_the_pretrained_weights(pretrained):
-    from pipeline.train import RunSpec, run
+    from pipeline.train import Placement, RunSpec, run
 
     tmp, _, summary = pretrained
     model = tmp / "models/pretrain/synthetic_voc/model.pth"
     config = ROOT / "mmseg_configs/fcn_r18-tiny-d8_1xb4-160_synthetic-voc-128x128.py"
     spec = RunSpec(config=str(config), loss="lovasz", terms=[{"type": "LovaszSoftmaxLoss"}],
-                   seed=3,
-                   work_dir=str(tmp / "finetune"), data_root=yaml.safe_load(
-                       (tmp / "params.yaml").read_text())["data"]["root"],
-                   iterations=2, val_interval=2, overlays=1, init_checkpoint=str(model))
-    history = run(spec)["history"]
+                   seed=3, iterations=2, val_interval=2, overlays=1)
+    data_root = yaml.safe_load((tmp / "params.yaml").read_text())["data"]["root"]
+    history = run(spec, Placement(str(tmp / "finetune"), data_root, str(model))).history
     # Evaluated before its first step, on the same validation set: the pretrain's final numbers
     assert history[0]["iteration"] == 0
     for measure in ("mIoU", "image-mIoU", "mPixIoU"):
@@ -228,13 +226,13 @@ def test_the_lr_search_split_never_overlaps_the_validation_set(tiny_data):
     from mmseg.registry import DATASETS
 
     import pipeline.splits  # noqa: F401 - registers EveryKthSplit
-    from pipeline.train import RunSpec, build_config
+    from pipeline.train import Placement, RunSpec, build_config
 
     init_default_scope("mmseg")
     config = ROOT / "mmseg_configs/fcn_r18-tiny-d8_1xb4-160_synthetic-voc-128x128.py"
     cfg = build_config(RunSpec(config=str(config), loss="ce",
-                               terms=[{"type": "CrossEntropyLoss"}], seed=0, work_dir="unused",
-                               data_root=str(tiny_data), holdout=4))
+                               terms=[{"type": "CrossEntropyLoss"}], seed=0, holdout=4),
+                       Placement("unused", str(tiny_data)))
 
     def images(loader):
         dataset = DATASETS.build(loader.dataset)

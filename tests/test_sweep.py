@@ -141,7 +141,7 @@ def test_a_two_worker_trial_evaluates_the_whole_validation_set(tmp_path, odd_val
     from PIL import Image
 
     from pipeline.data.layouts import IGNORE_INDEX, VOC_AUG
-    from pipeline.train import RunSpec, evaluate
+    from pipeline.train import Placement, RunSpec, evaluate
 
     params = study_params(tmp_path, odd_val_data, train=dict(batch_size=2, overlays=3),
                           sweep=dict(losses=["ce_lovasz"], cpu_workers_per_trial=2))
@@ -158,8 +158,9 @@ def test_a_two_worker_trial_evaluates_the_whole_validation_set(tmp_path, odd_val
     two_ranks = json.loads((work / "confusion_matrix.json").read_text())
     one = evaluate(RunSpec(config="mmseg_configs/fcn_r18-tiny-d8_1xb4-160_synthetic-voc-128x128"
                                   ".py", loss=trial["loss"], terms=trial["loss_terms"], seed=0,
-                           work_dir=str(tmp_path / "evaluation"), data_root=str(odd_val_data),
-                           overlays=3, threads=1), str(work / "iter_4.pth"))
+                           overlays=3, threads=1),
+                   Placement(str(tmp_path / "evaluation"), str(odd_val_data)),
+                   str(work / "iter_4.pth"))
     assert two_ranks["images"] == 7
     assert two_ranks["matrix"] == one["confusion"]
     assert one["metrics"]["mIoU"] == pytest.approx(trial["mIoU"])
@@ -328,6 +329,7 @@ def test_a_trial_resumes_from_its_last_whole_checkpoint_only(tmp_path):
     short (no marker) is passed over when the trial starts again."""
     from pipeline.sweep.storage import Storage
     from pipeline.sweep.trial import TuneTrialReporter
+    from pipeline.train import RunSummary
 
     root = tmp_path / "storage"
     folder = root / "synthetic_voc" / "ce_seed0_abcd1234"
@@ -345,7 +347,10 @@ def test_a_trial_resumes_from_its_last_whole_checkpoint_only(tmp_path):
     assert (work / "last_checkpoint").read_text() == str(work / "iter_4.pth")
     assert not (work / "iter_6.pth").exists()
 
-    (folder / "final" / "summary.json").write_text('{"mIoU": 1.0}')  # now final is whole
+    finished = RunSummary(iterations=8, world_size=1, wall_time_s=1.0,
+                          metrics={"mIoU": 1.0, "image-mIoU": 2.0, "mPixIoU": 3.0},
+                          per_class={"IoU.background": 1.0}, history=[{"iteration": 8}])
+    (folder / "final" / "summary.json").write_text(json.dumps(finished.to_dict()))  # whole now
     again = tmp_path / "again"
     again.mkdir()
-    assert reporter.restore(again) == {"mIoU": 1.0}
+    assert reporter.restore(again) == finished

@@ -14,11 +14,13 @@ from PIL import Image
 
 from pipeline.measures import METRICS
 from pipeline.train import (
+    Placement,
     PretrainedWeightsError,
     RunSpec,
     build_config,
     ensure_pretrained,
     load_train_params,
+    read_summary,
     run,
 )
 from pipeline.train.engine import isolated_mmengine_state
@@ -30,12 +32,12 @@ CE = {"type": "CrossEntropyLoss", "loss_weight": 1.0}
 PIXIOU = {"type": "LovaszPixIoULoss", "loss_weight": 1.0}
 
 
-def spec(tmp_path, tiny_data, **overrides) -> RunSpec:
+def tiny_run(work_dir, tiny_data, **overrides) -> tuple[RunSpec, Placement]:
+    """A 4-iteration CE + 0.5 PixIoU run of the tiny config (with `overrides`), placed in
+    `work_dir` over the tiny data."""
     values = dict(config=TINY_VOC, loss="ce_pixiou", terms=[CE, dict(PIXIOU, loss_weight=0.5)],
-                  seed=0,
-                  work_dir=str(tmp_path / "run"), data_root=str(tiny_data), iterations=4,
-                  val_interval=2, overlays=2, threads=1)
-    return RunSpec(**{**values, **overrides})
+                  seed=0, iterations=4, val_interval=2, overlays=2, threads=1)
+    return RunSpec(**{**values, **overrides}), Placement(str(work_dir), str(tiny_data))
 
 
 def managers():
@@ -46,14 +48,16 @@ def managers():
 
 def test_a_tiny_run_trains_evaluates_resumes_and_leaves_its_artifacts(tmp_path, tiny_data):
     before = managers()
-    first = run(spec(tmp_path, tiny_data))
-    assert [r["iteration"] for r in first["history"]] == [2, 4]
-    assert first["iterations"] == 4 and first["resumed_from"] == 0 and first["world_size"] == 1
-    assert 0 <= first["mIoU"] <= 100 and first["mIoU"] == first["history"][-1]["mIoU"]
-    assert first["history"][0]["loss"] > 0
-    assert len([k for k in first["per_class"] if k.startswith("IoU.")]) == 21
     work = tmp_path / "run"
-    assert json.loads((work / "summary.json").read_text())["mIoU"] == first["mIoU"]
+    first = run(*tiny_run(work, tiny_data))
+    assert [r["iteration"] for r in first.history] == [2, 4]
+    assert first.iterations == 4 and first.resumed_from == 0 and first.world_size == 1
+    assert 0 <= first.metrics["mIoU"] <= 100
+    assert first.metrics["mIoU"] == first.history[-1]["mIoU"]
+    assert first.history[0]["loss"] > 0
+    assert len([k for k in first.per_class if k.startswith("IoU.")]) == 21
+    written = read_summary(work)  # summary.json
+    assert (written.metrics, written.history) == (first.metrics, first.history)
     assert "LovaszPixIoULoss" in (work / "config.py").read_text()
     with Image.open(work / "confusion_matrix.png") as png:
         assert png.size[0] > 200 and len(set(png.convert("L").getdata())) > 10  # not blank
@@ -67,10 +71,10 @@ def test_a_tiny_run_trains_evaluates_resumes_and_leaves_its_artifacts(tmp_path, 
     # mmengine's loggers/visualizers of the run are gone: a second run cannot write into them
     assert managers() == before
 
-    again = run(spec(tmp_path, tiny_data, iterations=6))
-    assert again["resumed_from"] == 4
-    assert [r["iteration"] for r in again["history"]] == [2, 4, 6]
-    assert again["history"][:2] == first["history"]
+    again = run(*tiny_run(work, tiny_data, iterations=6))
+    assert again.resumed_from == 4
+    assert [r["iteration"] for r in again.history] == [2, 4, 6]
+    assert again.history[:2] == first.history
     logs = sorted(p for p in work.glob("*/*.log") if p.parent.name != "logs")
     assert len(logs) == 2
     assert "Auto resumed from the latest checkpoint" in logs[1].read_text()
@@ -81,27 +85,27 @@ def test_a_tiny_run_trains_evaluates_resumes_and_leaves_its_artifacts(tmp_path, 
 
 
 def test_runs_are_deterministic_for_a_seed(tmp_path, tiny_data):
-    one = run(spec(tmp_path, tiny_data, work_dir=str(tmp_path / "a"), loss="ce",
-                   terms=[CE], iterations=2, overlays=0))
-    two = run(spec(tmp_path, tiny_data, work_dir=str(tmp_path / "b"), loss="ce",
-                   terms=[CE], iterations=2, overlays=0))
-    other = run(spec(tmp_path, tiny_data, work_dir=str(tmp_path / "c"), loss="ce",
-                     terms=[CE], iterations=2, overlays=0, seed=1))
+    one = run(*tiny_run(tmp_path / "a", tiny_data, loss="ce", terms=[CE], iterations=2,
+                        overlays=0))
+    two = run(*tiny_run(tmp_path / "b", tiny_data, loss="ce", terms=[CE], iterations=2,
+                        overlays=0))
+    other = run(*tiny_run(tmp_path / "c", tiny_data, loss="ce", terms=[CE], iterations=2,
+                          overlays=0, seed=1))
     # the measures and the loss, bit for bit (not the timings and memory a run also reports)
     def measured(history):
         return [{k: r[k] for k in ("iteration", *METRICS, "loss")} for r in history]
 
-    assert measured(one["history"]) == measured(two["history"])
-    assert one["history"][0]["s_per_iter"] > 0 and "lr" in one["history"][0]
-    assert one["history"][0]["loss"] != other["history"][0]["loss"]
+    assert measured(one.history) == measured(two.history)
+    assert one.history[0]["s_per_iter"] > 0 and "lr" in one.history[0]
+    assert one.history[0]["loss"] != other.history[0]["loss"]
 
 
 @pytest.mark.parametrize("loss", list(load_train_params(ROOT / "params.yaml").losses))
 def test_the_study_loss_goes_on_the_decode_and_auxiliary_heads(loss):
     params = load_train_params(ROOT / "params.yaml")
     terms = params.terms_of(loss, "test")
-    cfg = build_config(RunSpec(config=str(PAPER_CONFIGS[0]), loss=loss, terms=terms, seed=0,
-                               work_dir="unused"))
+    cfg = build_config(RunSpec(config=str(PAPER_CONFIGS[0]), loss=loss, terms=terms, seed=0),
+                       Placement("unused"))
     decode = cfg.model.decode_head.loss_decode
     aux = cfg.model.auxiliary_head.loss_decode
     declared = params.losses[loss].terms
@@ -126,9 +130,9 @@ def test_a_per_image_study_loss_builds_a_per_image_module():
 
 
 def test_overrides_reach_the_config(tiny_data):
-    cfg = build_config(RunSpec(config=TINY_VOC, loss="ce", terms=[CE], seed=7,
-                               work_dir="w", data_root="/shared/data", lr=0.5, iterations=50,
-                               val_interval=10, batch_size=2), world_size=2, on_gpu=False)
+    cfg = build_config(RunSpec(config=TINY_VOC, loss="ce", terms=[CE], seed=7, lr=0.5,
+                               iterations=50, val_interval=10, batch_size=2),
+                       Placement("w", "/shared/data"), world_size=2, on_gpu=False)
     # mmengine gets only the seed: its `deterministic` raises on CUDA (pipeline/determinism.py)
     assert cfg.randomness == dict(seed=7, deterministic=False)
     assert cfg.env_cfg.cudnn_benchmark is False
@@ -147,7 +151,7 @@ def test_overrides_reach_the_config(tiny_data):
 def test_ddp_on_gpu_wraps_the_model_on_the_device_ray_chose():
     """Ray Train sets each worker's CUDA device; it need not be cuda:LOCAL_RANK."""
     cfg = build_config(RunSpec(config=str(PAPER_CONFIGS[0]), loss="ce", terms=[CE],
-                               seed=0, work_dir="w"), world_size=4, on_gpu=True,
+                               seed=0), Placement("w"), world_size=4, on_gpu=True,
                        device_index=2)
     assert cfg.launcher == "pytorch"
     assert cfg.model_wrapper_cfg["device_ids"] == [2]

@@ -18,7 +18,8 @@ The package, by concern:
     failures.py  which failures of a trial are worth another attempt
     lock.py      one driver per sweep storage
     cluster.py   the Ray the sweep runs on, and whether a trial fits there
-    driver.py    the Tuner and its callbacks (none of which raises)
+    driver.py    the Tuner over the pending trials, then the results
+    callbacks.py the Tune callback: trial events to the log and MLflow (none raises)
     mlflow_runs.py  the sweep's MLflow runs, and the reconciliation at the end
     logline.py   its log lines
     results.py   results/<dataset>.json

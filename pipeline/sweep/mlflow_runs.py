@@ -15,7 +15,7 @@ from pathlib import Path
 from ..retry import with_backoff
 from ..study_losses import canonical
 from ..tracking import DatasetRecord, Tracker
-from ..train import RESULT_FILES
+from ..train import RESULT_FILES, RunSummary
 from .logline import log, said
 from .plan import Study, Trial, sweep_key
 from .storage import FINAL
@@ -111,7 +111,7 @@ class SweepTracking:
             log(f"warning: MLflow {what} failed ({said(error)}); the sweep goes on and logs "
                  "it later")
 
-    def finish(self, trial: Trial, summary: dict) -> None:
+    def finish(self, trial: Trial, summary: RunSummary) -> None:
         """The finished trial's metrics and artifacts, read from its final checkpoint (its
         files, not its weights), once."""
         run_id = self.child(trial)
@@ -127,7 +127,7 @@ class SweepTracking:
         trial's record holds its summary's values."""
         run_id = self.child(trial)
         if record["status"] == "finished":
-            self.finish(trial, record)
+            self.finish(trial, RunSummary.from_dict(record))
             return
         self.tracker.log_evaluations(run_id, record["history"])
         if record["status"] == "stopped":

@@ -8,7 +8,6 @@ changed something else.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from ..contracts import (
     MissingPretrain,
     StartingPoint,
     early_point,
+    identity_key,
     pretrain_output,
     starting_point,
 )
@@ -30,7 +30,7 @@ from ..sweep_params import (  # noqa: F401 - the section's schema, where the swe
     SweepParams,
 )
 from ..tracking import TrackingParams
-from ..train import RunSpec, TrainParams, code_fingerprint
+from ..train import SUMMARY, RunSpec, RunSummary, TrainParams, code_fingerprint
 from .datasets import (
     DatasetVersion,
     locked_output,
@@ -60,9 +60,10 @@ class Trial:
         """Its folder in the sweep's storage (Ray Train's run folder of the trial)."""
         return (self.dataset, self.name)
 
-    def summary(self, storage: Storage) -> dict | None:
+    def summary(self, storage: Storage) -> RunSummary | None:
         """The final summary, once the trial has finished."""
-        return storage.read_json(*self.folder, FINAL, "summary.json")
+        summary = storage.read_json(*self.folder, FINAL, SUMMARY)
+        return None if summary is None else RunSummary.from_dict(summary)
 
     def stopped(self, storage: Storage) -> dict | None:
         """What the trial had reached when ASHA stopped it."""
@@ -205,17 +206,13 @@ def plan_trials(study: Study) -> list[Trial]:
             prefix: str, **schedule) -> None:
         batch = plan_batch(study.config, study.config_batch, study.config_lr, sweep.workers,
                            train.batch_size, lr, sweep.scale_lr)
-        spec = RunSpec(
-            config=study.config, loss=loss, terms=train.terms_of(loss, "sweep"), seed=seed,
-            custom_imports=tuple(train.custom_imports), work_dir="",
-            lr=batch.lr if batch.scaled else lr, batch_size=train.batch_size,
-            deterministic=train.deterministic, amp=train.amp, overlays=train.overlays,
-            threads=None if sweep.use_gpu else sweep.cpus_per_worker, warmup=train.warmup,
-            val_subset=train.val_subset, **schedule)
-        identity = {**spec.to_dict(), "work_dir": None, "data_root": None,
-                    "workers": sweep.workers, "gpu": sweep.use_gpu, "data": study.data_hash,
-                    "code": code, "start": start.identity(), "arm": arm}
-        key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+        spec = RunSpec.from_params(
+            train, config=study.config, loss=loss, terms=train.terms_of(loss, "sweep"),
+            seed=seed, lr=batch.lr if batch.scaled else lr,
+            threads=None if sweep.use_gpu else sweep.cpus_per_worker, **schedule)
+        key = identity_key({**spec.to_dict(), "workers": sweep.workers, "gpu": sweep.use_gpu,
+                            "data": study.data_hash, "code": code, "start": start.identity(),
+                            "arm": arm})
         trials.append(Trial(study.dataset, key, f"{prefix}_{key[:8]}", spec, batch, arm, start))
 
     for loss in sweep.losses:

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from ..measures import METRICS
+from ..train import RunSummary
 from .plan import Study, Trial
 from .storage import Storage
 
@@ -17,7 +18,7 @@ RESULTS_DIR = Path("results")
 RESULTS = "results.json"
 
 
-def trial_record(study: Study, trial: Trial, *, summary: dict | None, stopped: dict | None,
+def trial_record(study: Study, trial: Trial, *, summary: RunSummary | None, stopped: dict | None,
                  error: str | None, history: list[dict], nodes: list[str] | None,
                  run_id: str | None) -> dict:
     spec = trial.spec
@@ -31,11 +32,10 @@ def trial_record(study: Study, trial: Trial, *, summary: dict | None, stopped: d
               "arm": trial.arm, "start": trial.start.identity(),
               "val_interval": spec.val_interval, "schedule": spec.schedule}
     if summary is not None:
-        record.update(status="finished", error=None, **{m: summary[m] for m in METRICS},
-                      per_class=summary["per_class"],
-                      history=summary["history"], iterations=summary["iterations"],
-                      world_size=summary["world_size"], wall_time_s=summary["wall_time_s"],
-                      selection=summary.get("selection"))
+        record.update(status="finished", error=None, **summary.metrics,
+                      per_class=summary.per_class, history=summary.history,
+                      iterations=summary.iterations, world_size=summary.world_size,
+                      wall_time_s=summary.wall_time_s, selection=summary.selection)
     elif stopped is not None:
         record.update(status="stopped", error=None, **{m: stopped.get(m) for m in METRICS},
                       per_class=None,

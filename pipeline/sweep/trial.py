@@ -15,9 +15,18 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..measures import METRICS
 from ..retry import with_backoff
-from ..train import HISTORY, LOGS, RESULT_FILES, Reporter, RunSpec, last_checkpoint, read_summary
+from ..train import (
+    HISTORY,
+    LOGS,
+    RESULT_FILES,
+    Placement,
+    Reporter,
+    RunSpec,
+    RunSummary,
+    last_checkpoint,
+    read_summary,
+)
 from .checkpoints import check_ray_snapshot, iteration_of, latest_whole, marker
 from .datasets import DatasetVersion, dataset_folder, node_use
 from .failures import ATTEMPTS_FILE, record_failure
@@ -65,9 +74,9 @@ class TrialReporter(Reporter):
     def checkpointed(self, iteration: int, checkpoint: Path | None) -> None:
         self.evaluation({"iteration": iteration, "preempted": True}, checkpoint)
 
-    def finished(self, summary: dict, work_dir: Path | None) -> None:
-        record = {"iteration": summary["iterations"], **{m: summary[m] for m in METRICS},
-                  "world_size": summary["world_size"], "final": True}
+    def finished(self, summary: RunSummary, work_dir: Path | None) -> None:
+        record = {"iteration": summary.iterations, **summary.metrics,
+                  "world_size": summary.world_size, "final": True}
         files = []
         if work_dir is not None:
             files = [work_dir / name for name in RESULT_FILES if (work_dir / name).exists()]
@@ -255,11 +264,10 @@ def _train_rank(config: dict, rank: int, reporter_class) -> None:
         start = config["start"]
         init = None if start["sha256"] is None else \
             str(starting_weights(storage, config["dataset"], start["sha256"]))
-        spec = RunSpec(**{**config["spec"], "config": str(checkout / config["spec"]["config"]),
-                          "work_dir": str(work_dir), "data_root": str(data.parent),
-                          "init_checkpoint": init})
-        run(spec, reporter_class(work_dir, _worker_nodes(), storage,
-                                 (config["dataset"], config["name"])))
+        spec = RunSpec(**{**config["spec"], "config": str(checkout / config["spec"]["config"])})
+        reporter = reporter_class(work_dir, _worker_nodes(), storage,
+                                  (config["dataset"], config["name"]))
+        run(spec, Placement(str(work_dir), str(data.parent), init), reporter)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)  # the trial lives on in the storage
 

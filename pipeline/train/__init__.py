@@ -35,7 +35,9 @@ from .spec import (
     RESULT_FILES,
     SUMMARY,
     TRAINING_CODE,
+    Placement,
     RunSpec,
+    RunSummary,
     TrainParams,
     code_fingerprint,
     load_train_params,
@@ -43,7 +45,8 @@ from .spec import (
 from .weights import PretrainedWeightsError, ensure_pretrained
 
 __all__ = ["DEFAULT_AUX_WEIGHT", "HISTORY", "LOGS", "PREEMPTION_POLL", "RESULT_FILES", "SUMMARY",
-           "TRAINING_CODE", "PretrainedWeightsError", "Reporter", "RunSpec", "TrainParams",
+           "TRAINING_CODE", "Placement", "PretrainedWeightsError", "Reporter", "RunSpec",
+           "RunSummary", "TrainParams",
            "apply_loss", "build_config", "code_fingerprint", "ensure_pretrained", "evaluate",
            "hold_out", "last_checkpoint", "load_train_params", "prepare", "read_summary", "run",
            "set_iterations"]

@@ -6,13 +6,12 @@ import json
 import sys
 from pathlib import Path
 
-from ..measures import METRICS
 from ..params import ParamsError
 from ..precision import AMP_DTYPES, PrecisionError
 from ..schedules import SCHEDULES
 from . import __doc__ as DOC
 from .run import run
-from .spec import RunSpec, load_train_params
+from .spec import Placement, RunSpec, load_train_params
 from .weights import PretrainedWeightsError
 
 
@@ -54,22 +53,22 @@ def main(argv: list[str] | None = None) -> int:
                 args.checkpoint_interval % args.val_interval:
             raise ParamsError(f"--checkpoint-interval ({args.checkpoint_interval}) must be a "
                               f"multiple of --val-interval ({args.val_interval})")
-        spec = RunSpec(
-            config=args.config, loss=args.loss, terms=params.terms_of(args.loss, "--loss"),
-            seed=args.seed, data_root=args.data_root, lr=args.lr, iterations=args.iterations,
-            val_interval=args.val_interval, checkpoint_interval=args.checkpoint_interval,
-            batch_size=args.batch_size, amp=args.amp or params.amp,
-            deterministic=params.deterministic, overlays=params.overlays,
-            init_checkpoint=args.init_checkpoint, custom_imports=tuple(params.custom_imports),
-            schedule=args.schedule, warmup=args.warmup, val_subset=args.val_subset,
-            work_dir=args.work_dir or f"work_dirs/{Path(args.config).stem}/"
-                                      f"{args.loss}_seed{args.seed}")
-        summary = run(spec)
+        spec = RunSpec.from_params(
+            params, config=args.config, loss=args.loss,
+            terms=params.terms_of(args.loss, "--loss"), seed=args.seed, lr=args.lr,
+            iterations=args.iterations, val_interval=args.val_interval,
+            checkpoint_interval=args.checkpoint_interval, batch_size=args.batch_size,
+            amp=args.amp or params.amp, schedule=args.schedule, warmup=args.warmup,
+            val_subset=args.val_subset)
+        work_dir = args.work_dir or f"work_dirs/{Path(args.config).stem}/" \
+                                    f"{args.loss}_seed{args.seed}"
+        summary = run(spec, Placement(work_dir, args.data_root, args.init_checkpoint))
     except (ParamsError, PretrainedWeightsError, PrecisionError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(json.dumps({**{k: summary[k] for k in (*METRICS, "iterations", "wall_time_s")},
-                      "curve": [[r["iteration"], r["mIoU"]] for r in summary["history"]]}))
+    print(json.dumps({**summary.metrics, "iterations": summary.iterations,
+                      "wall_time_s": summary.wall_time_s,
+                      "curve": [[r["iteration"], r["mIoU"]] for r in summary.history]}))
     return 0
 
 

@@ -9,7 +9,7 @@ from ..determinism import determinism
 from ..precision import apply_amp
 from ..schedules import constant_lr, evaluate_subset
 from ..study_losses import scaled_terms
-from .spec import DEFAULT_AUX_WEIGHT, RunSpec
+from .spec import DEFAULT_AUX_WEIGHT, Placement, RunSpec
 
 
 def _aux_weight(head: dict) -> float:
@@ -64,9 +64,9 @@ def _reroot(path: str, data_root: str) -> str:
     return str(Path(data_root, *parts[1:])) if parts and parts[0] == "data" else path
 
 
-def build_config(spec: RunSpec, world_size: int = 1, on_gpu: bool = False,
+def build_config(spec: RunSpec, placement: Placement, world_size: int = 1, on_gpu: bool = False,
                  device_index: int | None = None):
-    """The mmengine Config of one run: the leaf config plus the spec's overrides.
+    """The mmengine Config of one run: the leaf config plus the spec's overrides, placed.
 
     `device_index` is the CUDA device this process trains on (the one Ray Train set); DDP on GPU
     wraps the model on that device rather than on cuda:LOCAL_RANK, which Ray need not match.
@@ -105,21 +105,21 @@ def build_config(spec: RunSpec, world_size: int = 1, on_gpu: bool = False,
     if spec.batch_size is not None:
         cfg.train_dataloader.batch_size = spec.batch_size
 
-    if spec.data_root is not None:
+    if placement.data_root is not None:
         for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
             dataset = cfg.get(loader, {}).get("dataset", {})
             if "data_root" in dataset:
-                dataset["data_root"] = _reroot(dataset["data_root"], spec.data_root)
+                dataset["data_root"] = _reroot(dataset["data_root"], placement.data_root)
     if spec.holdout:
         hold_out(cfg, spec.holdout)
     elif spec.val_subset:
         evaluate_subset(cfg, spec.val_subset)
-    cfg.work_dir = spec.work_dir
+    cfg.work_dir = placement.work_dir
     cfg.default_hooks.checkpoint.max_keep_ckpts = 1  # a node's disk holds one per run
     cfg.resume = True  # from the work dir's last checkpoint, when there is one
     cfg.load_from = None
     # One name per run: mmengine keys its global logger and visualizer by it.
-    cfg.experiment_name = f"{Path(spec.work_dir).name}-{uuid.uuid4().hex[:8]}"
+    cfg.experiment_name = f"{Path(placement.work_dir).name}-{uuid.uuid4().hex[:8]}"
     if world_size > 1:
         # Ray Train has already made the process group; mmengine sees it and wraps the model.
         cfg.launcher = "pytorch"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .spec import SUMMARY
+from .spec import SUMMARY, RunSummary
 
 
 class Reporter:
@@ -15,7 +15,7 @@ class Reporter:
     method, in the same order; only rank 0 is given files.
     """
 
-    def restore(self, work_dir: Path) -> dict | None:
+    def restore(self, work_dir: Path) -> RunSummary | None:
         """Put the run's last checkpoint into `work_dir` (mmengine resumes from it); return the
         summary instead if the run had already finished. Here the work dir holds both."""
         return None
@@ -23,7 +23,7 @@ class Reporter:
     def evaluation(self, record: dict, checkpoint: Path | None) -> None:
         """An evaluation before the last; `checkpoint`: the weights it evaluated (rank 0)."""
 
-    def finished(self, summary: dict, work_dir: Path | None) -> None:
+    def finished(self, summary: RunSummary, work_dir: Path | None) -> None:
         """The final evaluation and the run's files (`RESULT_FILES` and `last_checkpoint`
         under `work_dir`, rank 0); None when the run had finished before (restored)."""
 
@@ -42,6 +42,7 @@ def last_checkpoint(work_dir: Path) -> Path | None:
     return Path(pointer.read_text().strip()) if pointer.is_file() else None
 
 
-def read_summary(work_dir: Path | str) -> dict | None:
+def read_summary(work_dir: Path | str) -> RunSummary | None:
+    """The summary of the run in `work_dir`, if it finished."""
     path = Path(work_dir) / SUMMARY
-    return json.loads(path.read_text()) if path.is_file() else None
+    return RunSummary.from_dict(json.loads(path.read_text())) if path.is_file() else None

@@ -11,12 +11,13 @@ from ..measures import METRICS
 from ..watch import keep_log
 from .config import build_config
 from .reporter import Reporter, last_checkpoint
-from .spec import LOGS, SUMMARY, RunSpec
+from .spec import LOGS, SUMMARY, Placement, RunSpec, RunSummary
 from .weights import ensure_pretrained
 
 
-def run(spec: RunSpec, reporter: Reporter | None = None) -> dict:
-    """Train (or resume) one run and return its summary (also written to work_dir on rank 0).
+def run(spec: RunSpec, placement: Placement, reporter: Reporter | None = None) -> RunSummary:
+    """Train (or resume) one run where `placement` says and return its summary (also written
+    to the work dir on rank 0).
 
     `reporter` (every rank has one) restores the run, and gets every evaluation and the final
     files; the default keeps them in the work dir.
@@ -28,20 +29,20 @@ def run(spec: RunSpec, reporter: Reporter | None = None) -> dict:
 
     reporter = reporter or Reporter()
     world_size = get_world_size() if is_distributed() else 1
-    work_dir = Path(spec.work_dir)
+    work_dir = Path(placement.work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     done = reporter.restore(work_dir)
     if done is not None:  # finished by an earlier attempt that did not live to say so
         reporter.finished(done, None)
         return done
-    cfg = prepare(spec, world_size)
-    starts_from_init = spec.init_checkpoint is not None and last_checkpoint(work_dir) is None
+    cfg = prepare(spec, placement, world_size)
+    starts_from_init = placement.init_checkpoint is not None and last_checkpoint(work_dir) is None
     if starts_from_init:  # weights only: the optimizer, schedule and iteration start afresh
-        cfg.load_from, cfg.resume = spec.init_checkpoint, False
+        cfg.load_from, cfg.resume = placement.init_checkpoint, False
     started = time.time()
     with isolated_mmengine_state():
         runner = StudyRunner.from_cfg(cfg)
-        hook = StudyHook(spec.work_dir, reporter, spec.overlays, evaluate_start=starts_from_init)
+        hook = StudyHook(work_dir, reporter, spec.overlays, evaluate_start=starts_from_init)
         runner.register_hook(hook)
         resumed_from = _latest_iteration(work_dir)
         runner.train()
@@ -55,31 +56,25 @@ def run(spec: RunSpec, reporter: Reporter | None = None) -> dict:
             # result is the whole validation set's
             runner.test()
             final = hook.test_record
-        summary = {
-            "spec": spec.to_dict(),
-            "config_name": Path(spec.config).stem,
-            "iterations": runner.iter,
-            "resumed_from": resumed_from,
-            "world_size": world_size,
-            "wall_time_s": round(time.time() - started, 2),
-            **{k: final[k] for k in (*METRICS, "per_class")},
-            "history": [{k: v for k, v in r.items() if k != "per_class"}
-                        for r in hook.history],
-        }
-        if spec.holdout:
-            summary["selection"] = {"split": f"every {spec.holdout}th training image",
-                                    **{k: hook.history[-1][k] for k in METRICS}}
+        summary = RunSummary(
+            iterations=runner.iter, world_size=world_size,
+            wall_time_s=round(time.time() - started, 2),
+            metrics={k: final[k] for k in METRICS}, per_class=final["per_class"],
+            history=[{k: v for k, v in r.items() if k != "per_class"} for r in hook.history],
+            resumed_from=resumed_from, spec=spec.to_dict(), config_name=Path(spec.config).stem,
+            selection={"split": f"every {spec.holdout}th training image",
+                       **{k: hook.history[-1][k] for k in METRICS}} if spec.holdout else None)
         if is_main_process():
             cfg.dump(str(work_dir / "config.py"))
             keep_log(runner, work_dir, LOGS)
             hook.artifacts.write(work_dir)  # from the final evaluation
             # written last: its presence means "finished"
-            write_atomic(work_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
+            write_atomic(work_dir / SUMMARY, json.dumps(summary.to_dict(), indent=2) + "\n")
         reporter.finished(summary, work_dir if is_main_process() else None)
     return summary
 
 
-def prepare(spec: RunSpec, world_size: int):
+def prepare(spec: RunSpec, placement: Placement, world_size: int):
     """This process set up for the spec (threads, determinism) and the run's config."""
     import torch
 
@@ -87,27 +82,27 @@ def prepare(spec: RunSpec, world_size: int):
         torch.set_num_threads(spec.threads)
     on_gpu = torch.cuda.is_available()
     determinism(spec.deterministic, on_gpu).apply()  # before the first CUDA matrix product
-    cfg = build_config(spec, world_size, on_gpu,
+    cfg = build_config(spec, placement, world_size, on_gpu,
                        torch.cuda.current_device() if on_gpu else None)
     ensure_pretrained(cfg.model)
     return cfg
 
 
-def evaluate(spec: RunSpec, checkpoint: str) -> dict:
+def evaluate(spec: RunSpec, placement: Placement, checkpoint: str) -> dict:
     """One process evaluates `checkpoint` on the spec's whole validation set.
 
     Returns the metrics and the confusion matrix ([classes, classes] list, rows: ground truth);
-    logs go to spec.work_dir.
+    logs go to the placement's work dir.
     """
     from .engine import StudyRunner, isolated_mmengine_state
     from .hook import StudyHook
 
-    cfg = prepare(spec, world_size=1)
+    cfg = prepare(spec, placement, world_size=1)
     cfg.load_from, cfg.resume = checkpoint, False
-    Path(spec.work_dir).mkdir(parents=True, exist_ok=True)
+    Path(placement.work_dir).mkdir(parents=True, exist_ok=True)
     with isolated_mmengine_state():  # StudyRunner loads the checkpoint as a trusted one
         runner = StudyRunner.from_cfg(cfg)
-        hook = StudyHook(spec.work_dir, None, spec.overlays, training=False)
+        hook = StudyHook(placement.work_dir, None, spec.overlays, training=False)
         runner.register_hook(hook)
         metrics = runner.val()
     return {"metrics": dict(metrics), "confusion": hook.artifacts.matrix().tolist(),

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..determinism import check_mode
+from ..measures import METRICS
 from ..params import ParamsError, load_params, lookup, parse_section
 from ..precision import check_amp
 from ..schedules import SCHEDULES
@@ -113,16 +114,22 @@ def load_train_params(params_file: Path | str = "params.yaml") -> TrainParams:
     return parse_section(TrainParams, lookup(load_params(params_file), "train"), "train")
 
 
+#: The settings of params.yaml's train section that every run of the sweep takes as they are
+#: (a run's schedule, lr and iterations come from its arm, the CLI or the pretrain section).
+RUN_SETTINGS = ("batch_size", "deterministic", "amp", "overlays", "warmup", "val_subset",
+                "custom_imports")
+
+
 @dataclass(frozen=True)
 class RunSpec:
-    """Everything one run depends on; the sweep hashes it (plus code and data) into a trial key."""
+    """What a run is: everything its numbers depend on besides the code and the data. The
+    sweep and the pre-training hash it (plus code and data) into the run's key; where the run
+    runs is its `Placement`."""
 
     config: str
     loss: str
     terms: list[dict]  # mmseg loss configs (pipeline.study_losses)
     seed: int
-    work_dir: str
-    data_root: str | None = None  # re-roots the config's 'data/...' dataset paths
     lr: float | None = None
     iterations: int | None = None
     val_interval: int | None = None
@@ -132,9 +139,6 @@ class RunSpec:
     amp: str | None = None  # pipeline/precision.py
     overlays: int = 4
     threads: int | None = None  # torch intra-op threads; None leaves torch's default
-    # Fine-tuning: the weights a fresh run starts from (a checkpoint file on this node). The
-    # run evaluates them before its first step; resumed, it continues from its own checkpoint.
-    init_checkpoint: str | None = None
     # k > 0 (the lr search): train without every k-th training image and evaluate on those
     # while training (what ASHA and the lr choice read); score the validation set at the end.
     holdout: int = 0
@@ -143,8 +147,65 @@ class RunSpec:
     warmup: int = 0  # iterations of the constant schedule's warmup
     val_subset: int | None = None  # evaluations while training score this many val images
 
+    @classmethod
+    def from_params(cls, train: TrainParams, **run) -> RunSpec:
+        """A run of `train`'s RUN_SETTINGS, and `run` for the rest (or to override them)."""
+        settings = {name: getattr(train, name) for name in RUN_SETTINGS}
+        settings["custom_imports"] = tuple(settings["custom_imports"])
+        return cls(**{**settings, **run})
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a run runs, on this node: none of it is in the run's key."""
+
+    work_dir: str
+    data_root: str | None = None  # re-roots the config's 'data/...' dataset paths
+    # Fine-tuning: the weights a fresh run starts from (a checkpoint file on this node). The
+    # run evaluates them before its first step; resumed, it continues from its own checkpoint.
+    init_checkpoint: str | None = None
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a finished run leaves (`summary.json`, written last: its presence means finished).
+
+    `metrics` holds the final value of each of METRICS (pipeline/measures.py); the JSON file
+    holds them at its top level, as results/<dataset>.json and MLflow name them.
+    """
+
+    iterations: int
+    world_size: int
+    wall_time_s: float
+    metrics: dict[str, float]
+    per_class: dict[str, float]
+    history: list[dict]  # every evaluation while training, without its per-class values
+    resumed_from: int = 0
+    spec: dict | None = None
+    config_name: str | None = None
+    # the lr search: the held-out split's last evaluation (what chose the lr)
+    selection: dict | None = None
+
+    def to_dict(self) -> dict:
+        return {"spec": self.spec, "config_name": self.config_name,
+                "iterations": self.iterations, "resumed_from": self.resumed_from,
+                "world_size": self.world_size, "wall_time_s": self.wall_time_s,
+                **self.metrics, "per_class": self.per_class, "history": self.history,
+                **({"selection": self.selection} if self.selection else {})}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> RunSummary:
+        """From summary.json, or a finished trial's record in results/<dataset>.json."""
+        return cls(iterations=values["iterations"], world_size=values["world_size"],
+                   wall_time_s=values["wall_time_s"],
+                   metrics={m: values[m] for m in METRICS if m in values},
+                   per_class=values["per_class"],
+                   history=values["history"], resumed_from=values.get("resumed_from", 0),
+                   spec=values.get("spec"), config_name=values.get("config_name"),
+                   selection=values.get("selection"))
 
 
 def code_fingerprint() -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.train import RunSpec, load_train_params, run
+from pipeline.train import Placement, RunSpec, load_train_params, run
 from tests.conftest import ROOT, build_tiny_data
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -44,11 +44,11 @@ def test_one_paper_config_step_with_each_loss(tmp_path, voc_512, paper_leaf, los
     params = load_train_params(ROOT / "params.yaml")
     summary = run(RunSpec(
         config=str(paper_leaf), loss=loss, terms=params.terms_of(loss, "test"), seed=0,
-        work_dir=str(tmp_path / "run"), data_root=str(voc_512), iterations=1, val_interval=1,
-        batch_size=2, deterministic=params.deterministic, overlays=1))
-    assert summary["iterations"] == 1
-    assert summary["history"][0]["loss"] > 0
-    assert 0 <= summary["mIoU"] <= 100
+        iterations=1, val_interval=1, batch_size=2, deterministic=params.deterministic,
+        overlays=1), Placement(str(tmp_path / "run"), str(voc_512)))
+    assert summary.iterations == 1
+    assert summary.history[0]["loss"] > 0
+    assert 0 <= summary.metrics["mIoU"] <= 100
     if params.deterministic:  # armed, but only to warn
         assert torch.are_deterministic_algorithms_enabled()
         assert torch.is_deterministic_algorithms_warn_only_enabled()
