@@ -4,68 +4,26 @@ against `dvc.yaml`. A file the stage runs that no dep covers would not rerun the
 changes; a code dep that the stage never runs would rerun it for nothing."""
 from __future__ import annotations
 
-import ast
 import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from pipeline.code_closure import (
+    NOT_IN_THE_KEY,
+    ROOT,
+    closure,
+    config_imports,
+    imported,
+    module_file,
+    training_code,
+)
+
 CODE = ("pipeline", "mmseg_configs")  # the deps that are code (data and models are not)
-
-
-def module_file(name: str) -> Path | None:
-    """The file of a module of this project (a package: its __init__.py)."""
-    base = ROOT.joinpath(*name.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def imported(path: Path) -> set[str]:
-    """The project modules a file imports, anywhere in it (a lazy import runs too)."""
-    package = ".".join(path.relative_to(ROOT).parent.parts)  # where its relative imports start
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parent = package.split(".")[:len(package.split(".")) - node.level + 1]
-                base = ".".join([*parent, *([base] if base else [])])
-            found.add(base)
-            found.update(f"{base}.{alias.name}" for alias in node.names)  # a submodule
-    return {name for name in found if name.split(".")[0] == "pipeline"}
-
-
-def closure(modules: set[str]) -> set[Path]:
-    """Every file of this project that importing `modules` runs (their packages' too)."""
-    seen: set[Path] = set()
-    todo = list(modules)
-    while todo:
-        name = todo.pop()
-        parts = name.split(".")
-        for i in range(1, len(parts) + 1):  # pipeline, pipeline.sweep, pipeline.sweep.trial
-            path = module_file(".".join(parts[:i]))
-            if path is not None and path not in seen:
-                seen.add(path)
-                todo.extend(imported(path))
-    return {p.relative_to(ROOT) for p in seen}
-
-
-def config_imports() -> set[str]:
-    """What the mmseg configs import through `custom_imports`, and params.yaml's
-    `train.custom_imports`."""
-    found = set(yaml.safe_load((ROOT / "params.yaml").read_text())["train"].get(
-        "custom_imports") or [])
-    for config in (ROOT / "mmseg_configs").rglob("*.py"):
-        for block in re.findall(r"custom_imports\s*=\s*dict\(imports=\[([^\]]*)\]",
-                                config.read_text()):
-            found.update(re.findall(r"['\"]([\w.]+)['\"]", block))
-    return found
+#: params.yaml's train.custom_imports: a user's modules, which every run imports
+CUSTOM_IMPORTS = yaml.safe_load((ROOT / "params.yaml").read_text())["train"].get(
+    "custom_imports") or []
 
 
 def stages() -> dict[str, tuple[str, list[str]]]:
@@ -89,7 +47,7 @@ def test_a_stages_code_deps_are_the_code_it_runs(stage):
     module, deps = stages()[stage]
     runs_configs = "mmseg_configs" in deps
     entry = f"{module}.__main__" if module_file(f"{module}.__main__") else module
-    ran = closure({entry} | (config_imports() if runs_configs else set()))
+    ran = closure({entry} | (config_imports(CUSTOM_IMPORTS) if runs_configs else set()))
     missing = sorted(str(p) for p in ran if not covered(p, deps))
     assert not missing, f"dvc.yaml: stage {stage} runs these files, which its deps miss"
     unused = [d for d in deps if d != "mmseg_configs" and not any(
@@ -102,28 +60,38 @@ def test_the_closure_follows_lazy_imports_and_config_imports():
     custom_imports (pipeline.splits is reached through them only)."""
     assert Path("pipeline/tracking.py") in closure({"pipeline.report.__main__"})
     assert Path("pipeline/splits.py") not in closure({"pipeline.pretrain"})
-    assert Path("pipeline/splits.py") in closure({"pipeline.pretrain"} | config_imports())
+    assert Path("pipeline/splits.py") in closure({"pipeline.pretrain"} | config_imports(()))
     # a package's relative imports start at the package
     assert Path("pipeline/sweep/trial.py") in closure({"pipeline.sweep"})
 
 
-#: Code a run executes that cannot change its numbers: the package's warning filter, and the
-#: params parser (its checks and messages). Everything else a run imports is in its key.
-NOT_IN_THE_KEY = {Path("pipeline/__init__.py"), Path("pipeline/params.py")}
+def test_a_runs_key_hashes_the_code_the_run_executes(tmp_path, monkeypatch):
+    """training_code (what a trial's and the pre-training's key hash) is the import closure of a
+    run: its lazy imports, what its configs import, a user's loss module; not NOT_IN_THE_KEY.
+    Every stage that trains lists it in its deps, and an edit to any of it changes the key."""
+    from pipeline import code_closure
+    from pipeline.train import code_fingerprint
 
-
-def test_a_runs_key_hashes_the_code_the_run_executes():
-    """TRAINING_CODE (what a trial's and the pre-training's key hash) covers the import closure
-    of a run, with what its configs import, but for NOT_IN_THE_KEY; and every stage that trains
-    lists it in its deps."""
-    from pipeline.train import TRAINING_CODE
-
-    ran = closure({"pipeline.train.run", "pipeline.train.__main__"} | config_imports())
-    unkeyed = sorted(str(p) for p in ran - NOT_IN_THE_KEY if not covered(p, list(TRAINING_CODE)))
-    assert not unkeyed, f"a run executes these, which its key does not hash: {unkeyed}"
+    keyed = training_code()
+    for lazy in ("pipeline/train/engine.py", "pipeline/train/hook.py", "pipeline/splits.py",
+                 "pipeline/losses/lovasz.py", "pipeline/metrics.py"):
+        assert Path(lazy) in keyed, lazy
+    assert not set(NOT_IN_THE_KEY) & set(keyed)
+    assert Path("pipeline/train/__main__.py") not in keyed  # the CLI is not a run
     for stage in ("pretrain", "sweep"):
         _, deps = stages()[stage]
-        assert all(covered(Path(code), deps) for code in TRAINING_CODE), stage
+        unlisted = [str(p) for p in keyed if not covered(p, deps)]
+        assert not unlisted, f"dvc.yaml: stage {stage} trains, and its deps miss {unlisted}"
+
+    # a user's loss module (train.custom_imports) is in the key, and so is each edit to it
+    monkeypatch.setattr(code_closure, "ROOT", tmp_path)
+    for part in CODE:
+        (tmp_path / part).symlink_to(ROOT / part)
+    (tmp_path / "my_loss.py").write_text("WEIGHT = 1\n")
+    assert Path("my_loss.py") in training_code(["my_loss"])
+    before = code_fingerprint(["my_loss"])
+    (tmp_path / "my_loss.py").write_text("WEIGHT = 2\n")
+    assert code_fingerprint(["my_loss"]) != before != code_fingerprint()
 
 
 def test_output_paths_are_declared_once_in_params():

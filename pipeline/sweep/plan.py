@@ -198,8 +198,8 @@ def plan_trials(study: Study) -> list[Trial]:
     each with its key and name.
 
     The spec's work dir and data root are the node's: the trial sets them where it runs."""
-    code = code_fingerprint()
     train, sweep = study.train, study.sweep
+    code = code_fingerprint(train.custom_imports)
     trials = []
 
     def add(arm: str, loss: str, seed: int, lr: float | None, start: StartingPoint,

@@ -13,7 +13,8 @@ carries each evaluation, checkpoint and the final files beyond the work dir (the
 sends them through `ray.train.report` to the sweep's storage) and restores the run from there.
 
 The package, by concern:
-    spec.py      params.yaml's train section, the run's spec, its files, the code it hashes
+    spec.py      params.yaml's train section, the run's spec, placement and summary, its
+                 files, the code its key hashes
     config.py    the mmengine config of a run
     weights.py   the pretrained weights a config asks for
     engine.py    mmengine's process-wide state; the study's runner (mmengine RUNNERS)
@@ -34,7 +35,6 @@ from .spec import (
     PREEMPTION_POLL,
     RESULT_FILES,
     SUMMARY,
-    TRAINING_CODE,
     Placement,
     RunSpec,
     RunSummary,
@@ -45,7 +45,7 @@ from .spec import (
 from .weights import PretrainedWeightsError, ensure_pretrained
 
 __all__ = ["DEFAULT_AUX_WEIGHT", "HISTORY", "LOGS", "PREEMPTION_POLL", "RESULT_FILES", "SUMMARY",
-           "TRAINING_CODE", "Placement", "PretrainedWeightsError", "Reporter", "RunSpec",
+           "Placement", "PretrainedWeightsError", "Reporter", "RunSpec",
            "RunSummary", "TrainParams",
            "apply_loss", "build_config", "code_fingerprint", "ensure_pretrained", "evaluate",
            "hold_out", "last_checkpoint", "load_train_params", "prepare", "read_summary", "run",

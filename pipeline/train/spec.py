@@ -1,11 +1,12 @@
-"""What a run is: the params section it is read from (`train`), the run's spec, the names of
-the files it leaves, and the code its key hashes."""
+"""What a run is: the params section it is read from (`train`), the run's spec, placement and
+summary, the names of the files it leaves, and the code its key hashes."""
 from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .. import code_closure
 from ..determinism import check_mode
 from ..measures import METRICS
 from ..params import ParamsError, load_params, lookup, parse_section
@@ -24,14 +25,6 @@ LOGS = "logs"
 PREEMPTION_POLL = 10
 #: Auxiliary heads keep mmseg's relative weight (0.4 in the model zoo) for the study's loss.
 DEFAULT_AUX_WEIGHT = 0.4
-#: What decides a run's numbers besides its spec and data: this code and the configs. A run's
-#: key (a sweep trial's, the pre-training's) hashes their content.
-TRAINING_CODE = ("pipeline/train", "pipeline/artifacts.py", "pipeline/metrics.py",
-                 "pipeline/measures.py", "pipeline/study_losses.py", "pipeline/determinism.py",
-                 "pipeline/splits.py", "pipeline/schedules.py", "pipeline/precision.py",
-                 "pipeline/watch.py", "pipeline/files.py", "pipeline/losses", "mmseg_configs")
-
-
 @dataclass
 class TrainParams:
     """params.yaml: train. One run; the sweep varies the loss, the seed and, if searched, lr."""
@@ -208,13 +201,11 @@ class RunSummary:
                    selection=values.get("selection"))
 
 
-def code_fingerprint() -> str:
-    """sha256 over the path and content of every file of TRAINING_CODE (from the checkout)."""
-    files = []
-    for entry in map(Path, TRAINING_CODE):
-        files.extend(sorted(entry.rglob("*.py")) if entry.is_dir() else [entry])
+def code_fingerprint(custom_imports: list[str] | tuple[str, ...] = ()) -> str:
+    """sha256 over the path and content of every file of `code_closure.training_code`: the
+    import closure of a run, with the modules `custom_imports` names, and the configs."""
     digest = hashlib.sha256()
-    for path in sorted(files):
+    for path in code_closure.training_code(custom_imports):
         digest.update(str(path).encode())
-        digest.update(path.read_bytes())
+        digest.update((code_closure.ROOT / path).read_bytes())
     return digest.hexdigest()
