@@ -22,7 +22,7 @@ from pathlib import Path
 from .measures import METRICS
 from .params import ParamsError, in_project
 from .provenance import GIT_COMMIT, git_commit, package_versions
-from .secret_names import is_secret
+from .secret_names import environment_secrets, redact
 from .train import RESULT_FILES, RunSummary
 from .watch import RUN_METRICS, SYSTEM_PREFIX
 
@@ -92,16 +92,11 @@ def tracking_uri(params: TrackingParams) -> str:
     return uri
 
 
-def environment_secrets() -> list[str]:
-    """Values of environment variables whose names say they are secret (4+ characters)."""
-    return sorted({value for name, value in os.environ.items()
-                   if is_secret(name) and len(value) >= 4}, key=len, reverse=True)
-
-
-def redact(text: str, secrets: list[str]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    return text
+def one_run(client, experiment_id: str, filters: str, newest: bool):
+    """The experiment's first (or, `newest`, latest) run that matches `filters`, or None."""
+    runs = client.search_runs([experiment_id], filter_string=filters, max_results=1,
+                              order_by=[f"attributes.start_time {'DESC' if newest else 'ASC'}"])
+    return runs[0] if runs else None
 
 
 class Tracker:
@@ -184,9 +179,8 @@ class Tracker:
         return self._experiment_id
 
     def _find(self, filters: str) -> str | None:
-        runs = self.client.search_runs([self.experiment_id()], filter_string=filters,
-                                       max_results=1, order_by=["attributes.start_time ASC"])
-        return runs[0].info.run_id if runs else None
+        run = one_run(self.client, self.experiment_id(), filters, newest=False)
+        return run.info.run_id if run else None
 
     def _clean(self, values: dict) -> dict[str, str]:
         return {k: redact(str(v), self.secrets)[:5000] for k, v in values.items()
@@ -329,10 +323,9 @@ class StudyRuns:
         if self.client is None:
             return None
         experiment = self.client.get_experiment_by_name(self.params.experiment)
-        runs = [] if experiment is None else self.client.search_runs(
-            [experiment.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
-            filter_string=f"tags.dataset = '{dataset}' and tags.`{key_tag}` != ''")
-        return runs[0] if runs else None
+        return None if experiment is None else one_run(
+            self.client, experiment.experiment_id,
+            f"tags.dataset = '{dataset}' and tags.`{key_tag}` != ''", newest=True)
 
     def history(self, run_id: str, metric: str) -> list:
         return self.client.get_metric_history(run_id, metric)

@@ -314,7 +314,8 @@ def attach_to_mlflow(params: dict, built: Report, out: Path) -> list[str]:
     """The tables and figures as artifacts (`report/`) of each sweep's MLflow parent run, so
     the comparison reads in the MLflow UI without the repository. A store that does not answer,
     or a run it does not have, is said, never an error: the report itself is written."""
-    from ..tracking import Tracker, TrackingParams, environment_secrets, redact
+    from ..secret_names import environment_secrets, redact
+    from ..tracking import Tracker, TrackingParams
 
     tracking = parse_section(TrackingParams, params.get("tracking", {}), "tracking")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # one quick try
