@@ -28,6 +28,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from .contracts import (
@@ -44,6 +45,9 @@ from .contracts import (
 )
 from .measures import METRICS
 from .params import ParamsError, load_params, lookup, parse_section
+
+if TYPE_CHECKING:
+    from .train import TrainParams
 
 SUMMARY = PRETRAIN_SUMMARY
 #: The pre-training's loss: plain cross-entropy, as the model zoo's CE checkpoints were trained.
@@ -79,23 +83,14 @@ def fetch_published(dataset: str, published: PublishedCheckpoint, downloads: Pat
 
 # --- a trained checkpoint ------------------------------------------------------------------------
 
-def train_checkpoint(dataset: str, params: dict, pretrain: PretrainParams,
+def train_checkpoint(dataset: str, params: dict, pretrain: PretrainParams, train: TrainParams,
                      staging: Path) -> dict:
     """Train the dataset's config with CE into `staging/model.pth` (and the early weights into
     `staging/early.pth`); its MLflow run on the way."""
     from .data.validate import manifest_hash
     from .tracking import NOTE, Tracker, TrackingParams
-    from .train import (
-        Placement,
-        Reporter,
-        RunSpec,
-        TrainParams,
-        code_fingerprint,
-        last_checkpoint,
-        run,
-    )
+    from .train import Placement, Reporter, RunSpec, code_fingerprint, last_checkpoint, run
 
-    train = parse_section(TrainParams, lookup(params, "train"), "train")
     data_root = parse_section(DataParams, lookup(params, "data"), "data").root
     data_hash = manifest_hash(Path(data_root) / dataset)
     if data_hash is None:
@@ -169,6 +164,7 @@ def save_weights(checkpoint: Path, target: Path, dataset: str, config: str, iter
 
 def run_stage(dataset: str, params_file: Path | str = "params.yaml") -> dict:
     from .files import atomic_folder
+    from .train import TrainParams
 
     params = load_params(params_file)
     datasets = lookup(params, "study.datasets")
@@ -177,6 +173,9 @@ def run_stage(dataset: str, params_file: Path | str = "params.yaml") -> dict:
                           f"{datasets}")
     protocol = study_protocol(params)
     pretrain = parse_section(PretrainParams, lookup(params, "pretrain"), "pretrain")
+    trains = protocol != "scratch" and dataset not in pretrain.published
+    # read before the output is touched: a bad value loses nothing
+    train = parse_section(TrainParams, lookup(params, "train"), "train") if trains else None
     output = Path(pretrain.output) / dataset
     with atomic_folder(output) as staging:
         if protocol == "scratch":
@@ -189,7 +188,7 @@ def run_stage(dataset: str, params_file: Path | str = "params.yaml") -> dict:
                                          Path(data.downloads), staging, data.retries,
                                          data.backoff_seconds)
             else:
-                result = train_checkpoint(dataset, params, pretrain, staging)
+                result = train_checkpoint(dataset, params, pretrain, train, staging)
             summary = {"protocol": "finetune", "dataset": dataset,
                        "sha256": sha256_of(staging / MODEL), **result}
         (staging / SUMMARY).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
