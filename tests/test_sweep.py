@@ -7,7 +7,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -178,39 +177,6 @@ def test_a_two_worker_trial_evaluates_the_whole_validation_set(tmp_path, odd_val
     assert child.data.params["effective_batch_size"] == "4"
     assert child.data.params["workers"] == "2" and child.data.params["batch_size"] == "2"
     assert float(child.data.params["lr"]) == pytest.approx(0.01)
-
-
-@pytest.mark.slow
-def test_killing_the_driver_loses_no_finished_trial(tmp_path, tiny_data):
-    params = study_params(tmp_path, tiny_data,
-                          train=dict(iterations=40, val_interval=20),
-                          sweep=dict(losses=["ce", "lovasz"], max_concurrent_trials=1))
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.sweep", "synthetic_voc", "--params", str(params),
-         "--results-dir", str(tmp_path / "results")],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True)
-    storage = tmp_path / "sweeps" / "synthetic_voc"
-    deadline = time.time() + 600
-    while not list(storage.glob("*/final/summary.json")):
-        assert driver.poll() is None and time.time() < deadline, "no trial finished"
-        time.sleep(0.5)
-    (finished,) = [p.parent for p in storage.glob("*/final/summary.json")]
-    stamp = (finished / "summary.json").stat().st_mtime_ns
-    driver.kill()  # kill -9 of the driver only; Ray's processes notice it is gone
-    driver.wait()
-    driver.stdout.close()
-    again = sweep(params, tmp_path)
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert "1 already done, 1 to run" in again.stdout
-    assert (finished / "summary.json").stat().st_mtime_ns == stamp  # not retrained
-    results = json.loads((tmp_path / "results" / "synthetic_voc.json").read_text())
-    assert [t["status"] for t in results["trials"]] == ["finished", "finished"]
-    _, parents, children = runs(tmp_path)
-    assert len(parents) == 1
-    keys = [c.data.tags["pixiou.trial_key"] for c in children]
-    assert sorted(keys) == sorted(t["key"] for t in results["trials"])  # one child per trial
-    assert all(c.info.status == "FINISHED" for c in children)
 
 
 @pytest.mark.slow

@@ -33,54 +33,6 @@ def settled(repo: Path, quiet: float = 5.0) -> dict[Path, int]:
     return seen
 
 
-def test_kill_9_of_dvc_repro_during_the_sweep_then_repro_completes(tmp_path, covered):
-    # One trial at a time and long enough that the kill lands with trials still to run.
-    repo = project_copy(tmp_path / "repo", reduced_study(iterations=40, max_concurrent_trials=1))
-    run = subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "repro"], cwd=repo,
-                           env=STAGE_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           start_new_session=True)
-    deadline = time.time() + 600
-    while not summaries(repo):
-        assert run.poll() is None, "dvc repro ended before any trial finished"
-        assert time.time() < deadline, "no trial finished in 10 minutes"
-        time.sleep(0.5)
-    os.killpg(run.pid, signal.SIGKILL)  # dvc, the sweep's driver and all they started
-    run.wait()
-    finished_before = settled(repo)
-    assert 1 <= len(finished_before) < 4
-    assert not (repo / "results/synthetic_voc.json").exists()
-
-    again = dvc(repo, "repro", check=True)
-    assert f"{len(finished_before)} already done, {4 - len(finished_before)} to run" \
-        in again.stdout
-    after = summaries(repo)
-    assert len(after) == 4
-    assert all(after[p] == stamp for p, stamp in finished_before.items())  # not retrained
-
-    trials = results(repo)["trials"]
-    assert [t["status"] for t in trials] == ["finished"] * 4
-    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("pixiou-study")
-    runs = client.search_runs([experiment.experiment_id], max_results=100)
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert sum("pixiou.sweep_key" in r.data.tags for r in runs) == 1  # one parent
-    assert sorted(c.data.tags["pixiou.trial_key"] for c in children) == \
-        sorted(t["key"] for t in trials)  # one child per trial, none twice
-    assert all(c.info.status == "FINISHED" for c in children)
-
-    # results/ and reports/ tell the same story.
-    metrics = json.loads((repo / "reports/metrics.json").read_text())
-    assert metrics["trials"] == {"finished": 4, "failed": 0, "stopped": 0, "missing": 0}
-    with (repo / "reports/results.csv").open() as f:
-        rows = list(csv.DictReader(f))
-    assert sorted(r["mlflow_run_id"] for r in rows) == sorted(t["mlflow_run_id"] for t in trials)
-    for row in rows:
-        trial = next(t for t in trials if t["mlflow_run_id"] == row["mlflow_run_id"])
-        assert float(row["mIoU"]) == trial["mIoU"]
-    assert "up to date" in dvc(repo, "status").stdout
-    covered("faults injected", f"kill -9 of dvc repro after {len(finished_before)} of 4 trials")
-
-
 def test_kill_9_of_dvc_repro_during_the_pretraining_then_repro_resumes_it(tmp_path, covered):
     repo = project_copy(tmp_path / "repo", reduced_study(pretrain_iterations=400))
     run = subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "repro"], cwd=repo,
@@ -120,9 +72,10 @@ def test_kill_9_of_dvc_repro_during_the_pretraining_then_repro_resumes_it(tmp_pa
     covered("faults injected", "kill -9 of dvc repro during the pre-training")
 
 
-def test_kill_9_during_the_convergence_arm_then_repro_resumes_it(tmp_path, covered):
-    """The convergence arm's trials are the sweep's: killed among them, the rerun keeps the
-    finished ones (of both arms) and trains the rest, and MLflow tags each run with its arm."""
+def test_kill_9_of_dvc_repro_among_the_trials_then_repro_completes(tmp_path, covered):
+    """`kill -9` of dvc repro, its sweep driver and the trials, among the convergence arm's
+    trials (one at a time): the rerun keeps the finished ones of both arms, trains the rest,
+    and MLflow holds one parent and one child per trial, each tagged with its arm."""
     arm = {"losses": ["ce", "pixiou"], "iterations": 40, "val_interval": 10}
     repo = project_copy(tmp_path / "repo", reduced_study(max_concurrent_trials=1,
                                                          convergence=arm))
@@ -150,9 +103,27 @@ def test_kill_9_during_the_convergence_arm_then_repro_resumes_it(tmp_path, cover
     assert all(t["status"] == "finished" for t in trials)
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("pixiou-study")
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert sum("pixiou.sweep_key" in r.data.tags for r in runs) == 1  # one parent
+    assert sorted(c.data.tags["pixiou.trial_key"] for c in children) == \
+        sorted(t["key"] for t in trials)  # one child per trial, none twice
+    assert all(c.info.status == "FINISHED" for c in children)
     tagged = client.search_runs([experiment.experiment_id], "tags.arm = 'convergence'")
     assert sorted(r.data.tags["pixiou.trial_key"] for r in tagged) == \
         sorted(t["key"] for t in trials if t["arm"] == "convergence")
+
+    # results/ and reports/ tell the same story.
     assert "how fast the losses learn (convergence arm)" in \
         (repo / "reports/tables.md").read_text()
-    covered("faults injected", "kill -9 of dvc repro during the convergence arm")
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    assert metrics["trials"] == {"finished": 8, "failed": 0, "stopped": 0, "missing": 0}
+    with (repo / "reports/results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["mlflow_run_id"] for r in rows) == sorted(t["mlflow_run_id"] for t in trials)
+    for row in rows:
+        trial = next(t for t in trials if t["mlflow_run_id"] == row["mlflow_run_id"])
+        assert float(row["mIoU"]) == trial["mIoU"]
+    assert "up to date" in dvc(repo, "status").stdout
+    covered("faults injected", f"kill -9 of dvc repro after {len(finished_before)} of 8 "
+                               "trials, among the convergence arm's")
