@@ -131,9 +131,16 @@ def free_port() -> int:
 #: Fixtures that train or start a Ray cluster or servers: a test that uses one is slow (and
 #: out of `make test-fast`), whether or not it says so itself.
 SLOW_FIXTURES = {"pretrained", "stack", "spot_cluster", "two_node_cluster", "study"}
+#: Fixtures built once and shared by the tests that use them (a finished study, the servers):
+#: under pytest-xdist (`make test` runs 2 workers) those tests go to one worker, which builds
+#: the fixture once (`--dist loadgroup`).
+SHARED_FIXTURES = {"pretrained", "stack", "study"}
 
 
 def pytest_collection_modifyitems(items):
     for item in items:
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if SLOW_FIXTURES & fixtures:
             item.add_marker(pytest.mark.slow)
+        for shared in sorted(SHARED_FIXTURES & fixtures)[:1]:
+            item.add_marker(pytest.mark.xdist_group(shared))

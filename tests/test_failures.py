@@ -211,25 +211,30 @@ def test_a_ray_snapshot_of_another_ray_version_is_refused_saying_what_to_do(tmp_
 @pytest.mark.slow
 def test_retry_forever_ends_on_a_fault_at_the_same_iteration_of_every_attempt(tmp_path,
                                                                               tiny_data):
-    """max_failures: -1 (spot instances) and a fault at iteration 4 of every attempt (each
-    resumes from iteration 2): the trial fails after the cap, the other trial finishes, and
-    the sweep exits 1."""
-    from pipeline.sweep.trial import FAIL_AT_ENV
+    """max_failures: -1 (spot instances): every trial's first attempt crashes, and one trial
+    also faults at iteration 4 of every attempt (each resumes from iteration 2). That trial
+    fails after the cap; the other, retried, finishes; the sweep exits 1."""
+    from pipeline.sweep.trial import FAIL_AT_ENV, FAULT_ENV
 
     params = study_params(tmp_path, tiny_data, train={"iterations": 6, "val_interval": 2},
                           sweep={"losses": ["ce"], "seeds": [0, 1], "max_failures": -1,
                                  "max_repeated_failures": 2})
-    done = sweep(params, tmp_path, env={FAIL_AT_ENV: "ce_seed0@4"}, timeout=400)
+    done = sweep(params, tmp_path, env={FAIL_AT_ENV: "ce_seed0@4",
+                                        FAULT_ENV: str(tmp_path / "faults")}, timeout=400)
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
     trials = json.loads((tmp_path / "results" / "synthetic_voc.json").read_text())["trials"]
     status = {t["trial"].rsplit("_", 1)[0]: t for t in trials}
-    assert status["ce_seed1"]["status"] == "finished"
+    assert status["ce_seed1"]["status"] == "finished"  # after a crashed first attempt
+    assert sorted(p.name for p in (tmp_path / "faults").iterdir()) == \
+        sorted(t["key"] for t in trials)
     assert status["ce_seed0"]["status"] == "failed"
     assert "injected fault (PIXIOU_FAIL_AT) at iteration 4" in status["ce_seed0"]["error"]
     assert "the same error at iteration 2 ended 2 attempts in a row" in \
         status["ce_seed0"]["error"]
     (attempts,) = (tmp_path / "sweeps").rglob("ce_seed0_*/attempts.json")
-    assert [a["iteration"] for a in json.loads(attempts.read_text())["errors"]] == [2, 2]
+    errors = json.loads(attempts.read_text())["errors"]
+    assert "first attempt" in errors[0]["error"]  # then the same fault twice: the cap
+    assert [a["iteration"] for a in errors[1:]] == [2, 2]
     assert "FAILED ce_seed0" in done.stdout
 
 
