@@ -117,8 +117,11 @@ repro: install
 	@echo "make repro: tables in reports/tables.md, figures in reports/figures/;"
 	@echo "  dvc metrics show / dvc plots show compare them; make ui browses the runs."
 
+# Two pytest-xdist workers: the slow tests spend half their time waiting (on Ray, servers and
+# subprocesses), so two keep 2 cores busy. Tests sharing a built fixture stay on one worker.
+PYTEST_WORKERS ?= 2
 test: install-dev browser
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # The unit tier: no Ray cluster, no sweep, no `dvc repro`, no servers (tests marked slow, or
 # using a fixture that trains or starts servers: tests/conftest.py SLOW_FIXTURES).

@@ -144,3 +144,34 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.slow)
         for shared in sorted(SHARED_FIXTURES & fixtures)[:1]:
             item.add_marker(pytest.mark.xdist_group(shared))
+
+
+# --- the reliability suite's count of what it covered (tests/reliability) -----------------------
+
+COVERED: dict[str, list[str]] = {"faults injected": [], "bad inputs tried": [],
+                                 "exposure checks": []}
+
+
+@pytest.fixture
+def covered(request):
+    """covered(kind, what): count a fault or bad input once the test has verified its outcome.
+    It travels with the test's report (from an xdist worker too) to the summary below."""
+    return lambda kind, what: request.node.user_properties.append(("covered", (kind, what)))
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" and report.passed:
+        for name, value in report.user_properties:
+            if name == "covered":
+                kind, what = value
+                COVERED[kind].append(what)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not any(COVERED.values()):
+        return
+    terminalreporter.section("reliability suite: what it covered")
+    for kind, items in COVERED.items():
+        terminalreporter.write_line(f"{kind}: {len(items)}")
+        for item in items:
+            terminalreporter.write_line(f"  - {item}")

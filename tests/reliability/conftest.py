@@ -17,8 +17,6 @@ SECRET = "s3cr3t-Pa55word-for-the-reliability-suite"
 SECRET_ENV = {"CITYSCAPES_PASSWORD": SECRET, "HF_TOKEN": SECRET,
               "AWS_SECRET_ACCESS_KEY": SECRET, "MLFLOW_TRACKING_PASSWORD": SECRET}
 
-COVERED: dict[str, list[str]] = {"faults injected": [], "bad inputs tried": [],
-                                 "exposure checks": []}
 
 
 def reduced_study(iterations: int = 4, pretrain_iterations: int = 6, **sweep):
@@ -55,19 +53,3 @@ def study(tmp_path_factory) -> Path:
     repo = project_copy(tmp_path_factory.mktemp("study") / "repo", reduced_study())
     dvc(repo, "repro", env=SECRET_ENV, check=True)
     return repo
-
-
-@pytest.fixture
-def covered():
-    """covered(kind, what): count a fault or bad input once the test has verified its outcome."""
-    return lambda kind, what: COVERED[kind].append(what)
-
-
-def pytest_terminal_summary(terminalreporter):
-    if not any(COVERED.values()):
-        return
-    terminalreporter.section("reliability suite: what it covered")
-    for kind, items in COVERED.items():
-        terminalreporter.write_line(f"{kind}: {len(items)}")
-        for item in items:
-            terminalreporter.write_line(f"  - {item}")
