@@ -42,7 +42,7 @@ RUN_IN_COPY = [
     "dvc plots show",
     "python -m pipeline.sweep synthetic_voc --fetch",
     "dvc repro --single-item report",
-    "dvc exp run -S 'train.losses.pixiou.terms.0.loss_weight=0.5'",
+    "dvc exp run -S 'train.losses.lovasz.terms.0.loss_weight=0.5'",
     "dvc exp show",
     "dvc remote add -d storage s3://my-bucket/pixiou/dvc",
     "dvc remote modify storage endpointurl https://s3.example.org",
@@ -150,16 +150,47 @@ def _shell(command: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedP
                           timeout=timeout, env={**STAGE_ENV, "RAY_ADDRESS": ""})
 
 
+def ran(said: str) -> set[str]:
+    """The stages `dvc repro` (or `dvc exp run`) ran, by what it printed."""
+    return {line.split("'")[1] for line in said.splitlines() if line.startswith("Running stage '")}
+
+
+def finished_trials(repo: Path) -> dict[Path, int]:
+    """Each finished trial's summary.json in the sweep's storage, and its mtime (ns)."""
+    return {p: p.stat().st_mtime_ns
+            for p in (repo / "work_dirs/sweeps").glob("*/*/final/summary.json")}
+
+
 @pytest.mark.slow
 def test_the_documented_commands_run_as_written(tmp_path):
+    """In the tiny study (CE and Lovász-Softmax, both arms): each stage runs when its command
+    says, then never again for nothing; a loss weight trains only that loss's trials; the
+    pre-training's own params rerun it and all after it."""
     repo = project_copy(tmp_path / "project", tiny_study)
     (repo / ".venv").symlink_to(ROOT / ".venv")  # installed: `make` finds its stamps there
-    said = {}
+    said, trials = {}, {}
     for command in RUN_IN_COPY:
+        before = finished_trials(repo)
         done = _shell(command, repo)
         assert done.returncode == 0, f"{command}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
         said[command] = done.stdout + done.stderr
-    assert (repo / "reports" / "tables.md").is_file() and (repo / "dvc.lock").is_file()
+        trials[command] = (before, finished_trials(repo))
+    assert ran(said["dvc repro pretrain@synthetic_voc"]) == {"pretrain@synthetic_voc"}
+    assert ran(said["make repro"]) == {"sweep@synthetic_voc", "report"}
+    assert "Data and pipelines are up to date" in said["dvc repro"]
+    assert "fine-tuned from the CE checkpoint" in (repo / "reports/tables.md").read_text()
+    assert (repo / "dvc.lock").is_file()
+    # the loss weight: the sweep and the report again, and only the lovasz trials (both arms)
+    variant = "dvc exp run -S 'train.losses.lovasz.terms.0.loss_weight=0.5'"
+    assert ran(said[variant]) == {"sweep@synthetic_voc", "report"}, said[variant]
+    assert "4 trials, 2 already done, 2 to run" in said[variant]
+    before, after = trials[variant]
+    assert all(after[p] == stamp for p, stamp in before.items()) and len(after) == 6
+    results = json.loads((repo / "results/synthetic_voc.json").read_text())["trials"]
+    assert [t["loss_terms"] for t in results if t["loss"] == "lovasz"] == \
+        [[{"type": "LovaszSoftmaxLoss", "loss_weight": 0.5}]] * 2
+    shown = json.dumps(json.loads(_shell("dvc exp show --json", repo).stdout))
+    assert '"loss_weight": 0.5' in shown and "reports/metrics.json" in shown
     for command in MEASURED:
         done = _shell(shortened(command), repo)
         assert done.returncode == 0, f"{command}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
@@ -168,10 +199,15 @@ def test_the_documented_commands_run_as_written(tmp_path):
     assert "sweep FINISHED" in said["make status"]
     assert "results fetched" in said["python -m pipeline.sweep synthetic_voc --fetch"]
     assert (repo / "dvc_plots" / "index.html").is_file()
-    # pixiou is in neither arm of this study's sweep: the variant trains nothing
-    assert "4 trials, 4 already done, 0 to run" in \
-        said["dvc exp run -S 'train.losses.pixiou.terms.0.loss_weight=0.5'"]
     assert "url = s3://my-bucket/pixiou/dvc" in (repo / ".dvc" / "config").read_text()
+    # the pre-training's own params: the pre-training and everything after it
+    model = repo / "models/pretrain/synthetic_voc/model.pth"
+    trained = model.read_bytes()
+    again = _shell("dvc exp run -S pretrain.iterations=2 -S pretrain.val_interval=1 "
+                   "-S pretrain.early_iteration=1", repo)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert ran(again.stdout) == {"pretrain@synthetic_voc", "sweep@synthetic_voc", "report"}
+    assert model.read_bytes() != trained
 
     for command, port in SERVED.items():
         server = start(["bash", "-c", command], answers(f"http://127.0.0.1:{port}/health"),

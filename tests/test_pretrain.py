@@ -1,6 +1,6 @@
 """The fine-tuning protocol: the pretrain stage (trained, or a published checkpoint checked by
-hash), trials that start from exactly its weights, the stage under `dvc repro`, and the split the
-learning rate is chosen on."""
+hash), trials that start from exactly its weights, and the split the learning rate is chosen
+on. The stage under `dvc repro` (and what reruns it): tests/test_documented_commands.py."""
 from __future__ import annotations
 
 import hashlib
@@ -15,7 +15,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT, TINY_DATA, dvc, project_copy, study_params, sweep, tiny_study
+from tests.conftest import ROOT, TINY_DATA, study_params, sweep
 
 
 def pretrain(params: Path) -> subprocess.CompletedProcess:
@@ -260,54 +260,3 @@ def test_the_report_chooses_each_seeds_lr_on_the_held_out_split_only():
                          [trial(0.01, 70.0, 50.0), trial(0.001, 60.0, 55.0)])
     assert losses.values("mIoU") == {0: 60.0}
     assert losses.finished_per_class() == [{"IoU.a": 60.0}]  # the per-class table follows
-
-
-# --- under dvc repro ---------------------------------------------------------------------------
-
-def ran(done: subprocess.CompletedProcess) -> set[str]:
-    return {line.split("'")[1] for line in done.stdout.splitlines()
-            if line.startswith("Running stage '")}
-
-
-def finished_trials(repo: Path) -> dict[Path, int]:
-    """Each finished trial's summary.json in the sweep's storage, and its mtime (ns)."""
-    return {p: p.stat().st_mtime_ns
-            for p in (repo / "work_dirs/sweeps").glob("*/*/final/summary.json")}
-
-
-@pytest.mark.slow
-def test_the_stages_under_dvc_repro_rerun_only_what_a_param_changes(tmp_path):
-    """`dvc repro` of the tiny study, then `dvc exp run -S`: a loss weight trains only that
-    loss's trials (of both arms), the pre-training's own params the pre-training and all after."""
-    repo = project_copy(tmp_path / "repo", tiny_study)
-    first = dvc(repo, "repro", check=True)
-    assert ran(first) == {"data@synthetic_voc", "pretrain@synthetic_voc",
-                          "sweep@synthetic_voc", "report"}
-    model = repo / "models/pretrain/synthetic_voc/model.pth"
-    trained = model.read_bytes()
-    assert "fine-tuned from the CE checkpoint" in (repo / "reports/tables.md").read_text()
-    assert "Data and pipelines are up to date" in dvc(repo, "repro", check=True).stdout
-    before = finished_trials(repo)
-    results = json.loads((repo / "results/synthetic_voc.json").read_text())["trials"]
-    ce_trials = {t["key"] for t in results if t["loss"] == "ce"}
-
-    # A loss weight: the sweep again, not the pre-training, and only the lovasz trials
-    again = dvc(repo, "exp", "run", "-S", "train.losses.lovasz.terms.0.loss_weight=0.5", check=True)
-    assert ran(again) == {"sweep@synthetic_voc", "report"}, again.stdout
-    assert "4 trials, 2 already done, 2 to run" in again.stdout  # the ce trials stand
-    assert model.read_bytes() == trained
-    after = finished_trials(repo)
-    assert all(after[p] == stamp for p, stamp in before.items()) and len(after) == 6
-    results = json.loads((repo / "results/synthetic_voc.json").read_text())["trials"]
-    assert {t["key"] for t in results if t["loss"] == "ce"} == ce_trials
-    assert [t["loss_terms"] for t in results if t["loss"] == "lovasz"] == \
-        [[{"type": "LovaszSoftmaxLoss", "loss_weight": 0.5}]] * 2
-    # the experiment is recorded with its params and the report's metrics
-    shown = json.dumps(json.loads(dvc(repo, "exp", "show", "--json", check=True).stdout))
-    assert '"loss_weight": 0.5' in shown and "reports/metrics.json" in shown
-
-    # The pre-training's own params: the pre-training and everything after it
-    again = dvc(repo, "exp", "run", "-S", "pretrain.iterations=2", "-S",
-                "pretrain.val_interval=1", "-S", "pretrain.early_iteration=1", check=True)
-    assert ran(again) == {"pretrain@synthetic_voc", "sweep@synthetic_voc", "report"}
-    assert model.read_bytes() != trained

@@ -34,18 +34,18 @@ def settled(repo: Path, quiet: float = 5.0) -> dict[Path, int]:
 
 
 def test_kill_9_of_dvc_repro_during_the_pretraining_then_repro_resumes_it(tmp_path, covered):
-    repo = project_copy(tmp_path / "repo", reduced_study(pretrain_iterations=400))
+    repo = project_copy(tmp_path / "repo", reduced_study(pretrain_iterations=200))
     run = subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "repro"], cwd=repo,
                            env=STAGE_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            start_new_session=True)
     work_dirs = repo / "work_dirs/pretrain/synthetic_voc"
 
-    def evaluated_at_200() -> bool:  # its checkpoint saved and evaluated
-        return any('"iteration": 200' in path.read_text()
+    def evaluated_at_100() -> bool:  # its checkpoint saved and evaluated
+        return any('"iteration": 100' in path.read_text()
                    for path in work_dirs.glob("*/eval_history.jsonl"))
 
     deadline = time.time() + 600
-    while not evaluated_at_200():
+    while not evaluated_at_100():
         assert run.poll() is None, "dvc repro ended before the pre-training's first evaluation"
         assert time.time() < deadline, "no pre-training evaluation in 10 minutes"
         time.sleep(0.1)
@@ -55,17 +55,17 @@ def test_kill_9_of_dvc_repro_during_the_pretraining_then_repro_resumes_it(tmp_pa
 
     dvc(repo, "repro", check=True)
     summary = json.loads((repo / "models/pretrain/synthetic_voc/summary.json").read_text())
-    assert summary["iterations"] == 400
-    assert [h["iteration"] for h in summary["history"]] == [200, 400]
+    assert summary["iterations"] == 200
+    assert [h["iteration"] for h in summary["history"]] == [100, 200]
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("pixiou-study")
     (pretrain,) = client.search_runs([experiment.experiment_id],
                                      "tags.`pixiou.pretrain_key` LIKE '%'")  # one run, reopened
     assert pretrain.info.status == "FINISHED"
-    assert pretrain.data.tags["resumed_from"] in ("200", "400")  # the kill's checkpoint
-    # (400: the kill landed after the last checkpoint, and the run only finished)
+    assert pretrain.data.tags["resumed_from"] in ("100", "200")  # the kill's checkpoint
+    # (200: the kill landed after the last checkpoint, and the run only finished)
     assert [m.step for m in client.get_metric_history(pretrain.info.run_id, "mIoU")] == \
-        [200, 400]  # each evaluation once
+        [100, 200]  # each evaluation once
     assert [t["status"] for t in results(repo)["trials"]] == ["finished"] * 4
     assert all(t["history"][0]["mIoU"] == summary["mIoU"] for t in results(repo)["trials"])
     assert "up to date" in dvc(repo, "status").stdout
