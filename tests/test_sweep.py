@@ -194,7 +194,8 @@ def test_a_crashing_trial_is_retried_or_recorded_as_failed(tmp_path, tiny_data, 
         assert trial["status"] == "finished" and children[0].info.status == "FINISHED"
     else:
         assert done.returncode == 1  # nothing finished: the stage fails
-        assert trial["status"] == "failed" and "injected fault" in trial["error"]
+        assert trial["status"] == "failed" and "injected fault" in trial["error"], \
+            done.stdout[-3000:] + done.stderr[-3000:]
         assert children[0].info.status == "FAILED"
         assert "injected fault" in children[0].data.tags["pixiou.note"]
         assert f"FAILED {trial['trial']}" in done.stdout

@@ -130,7 +130,7 @@ def tune_callback(tracking: SweepTracking, trials: dict[str, Trial], progress: P
             log(f"stop   {ours.name} at iteration {last['iteration']} (ASHA)")
 
         @guarded_handler
-        def ontrial_error(self, iteration, trials, trial, **info):
+        def on_trial_error(self, iteration, trials, trial, **info):
             ours = self._trial(trial)
             self.running.discard(ours.key)
             progress.trial_ended()
