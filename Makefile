@@ -126,7 +126,7 @@ test: install-dev browser
 # The unit tier: no Ray cluster, no sweep, no `dvc repro`, no servers (tests marked slow, or
 # using a fixture that trains or starts servers: tests/conftest.py SLOW_FIXTURES).
 test-fast: install-dev
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -m "not slow" $(PYTEST_ARGS)
 
 lint: install-dev
 	$(BIN)/ruff check pipeline tests bench

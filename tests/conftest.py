@@ -131,9 +131,9 @@ def free_port() -> int:
 #: Fixtures that train or start a Ray cluster or servers: a test that uses one is slow (and
 #: out of `make test-fast`), whether or not it says so itself.
 SLOW_FIXTURES = {"pretrained", "stack", "spot_cluster", "two_node_cluster", "study"}
-#: Fixtures built once and shared by the tests that use them (a finished study, the servers):
-#: under pytest-xdist (`make test` runs 2 workers) those tests go to one worker, which builds
-#: the fixture once (`--dist loadgroup`).
+#: Fixtures built once per session and shared by the tests that use them (a finished study,
+#: the servers): under pytest-xdist (`make test` runs 2 workers) those tests go to one worker,
+#: which builds the fixture once (`--dist loadgroup`).
 SHARED_FIXTURES = {"pretrained", "stack", "study"}
 
 
@@ -144,6 +144,9 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.slow)
         for shared in sorted(SHARED_FIXTURES & fixtures)[:1]:
             item.add_marker(pytest.mark.xdist_group(shared))
+    # The slow tests first: the workers start on the long ones and the unit tests fill the end,
+    # instead of one worker finishing a long test alone.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 # --- the reliability suite's count of what it covered (tests/reliability) -----------------------
