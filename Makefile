@@ -117,16 +117,16 @@ repro: install
 	@echo "make repro: tables in reports/tables.md, figures in reports/figures/;"
 	@echo "  dvc metrics show / dvc plots show compare them; make ui browses the runs."
 
-# Two pytest-xdist workers: the slow tests spend half their time waiting (on Ray, servers and
-# subprocesses), so two keep 2 cores busy. Tests sharing a built fixture stay on one worker.
-PYTEST_WORKERS ?= 2
+# One process: two pytest-xdist workers saved about a fifth of the time, but several Ray
+# instances side by side made a local sweep's GCS unreachable (docs/testing.md).
 test: install-dev browser
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The unit tier: no Ray cluster, no sweep, no `dvc repro`, no servers (tests marked slow, or
-# using a fixture that trains or starts servers: tests/conftest.py SLOW_FIXTURES).
+# using a fixture that trains or starts servers: tests/conftest.py SLOW_FIXTURES), on two
+# pytest-xdist workers.
 test-fast: install-dev
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 -m "not slow" $(PYTEST_ARGS)
 
 lint: install-dev
 	$(BIN)/ruff check pipeline tests bench

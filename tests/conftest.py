@@ -131,22 +131,10 @@ def free_port() -> int:
 #: Fixtures that train or start a Ray cluster or servers: a test that uses one is slow (and
 #: out of `make test-fast`), whether or not it says so itself.
 SLOW_FIXTURES = {"pretrained", "stack", "spot_cluster", "two_node_cluster", "study"}
-#: Fixtures built once per session and shared by the tests that use them (a finished study,
-#: the servers): under pytest-xdist (`make test` runs 2 workers) those tests go to one worker,
-#: which builds the fixture once (`--dist loadgroup`).
-SHARED_FIXTURES = {"pretrained", "stack", "study"}
-
-
 def pytest_collection_modifyitems(items):
     for item in items:
-        fixtures = set(getattr(item, "fixturenames", ()))
-        if SLOW_FIXTURES & fixtures:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
-        for shared in sorted(SHARED_FIXTURES & fixtures)[:1]:
-            item.add_marker(pytest.mark.xdist_group(shared))
-    # The slow tests first: the workers start on the long ones and the unit tests fill the end,
-    # instead of one worker finishing a long test alone.
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 # --- the reliability suite's count of what it covered (tests/reliability) -----------------------
@@ -158,7 +146,7 @@ COVERED: dict[str, list[str]] = {"faults injected": [], "bad inputs tried": [],
 @pytest.fixture
 def covered(request):
     """covered(kind, what): count a fault or bad input once the test has verified its outcome.
-    It travels with the test's report (from an xdist worker too) to the summary below."""
+    It travels with the test's report (from a pytest-xdist worker too) to the summary below."""
     return lambda kind, what: request.node.user_properties.append(("covered", (kind, what)))
 
 

@@ -39,7 +39,7 @@ from tests.servers import (
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     """S3, PostgreSQL, an MLflow server on both, and a Ray cluster of two 1-CPU nodes."""
     tmp = tmp_path_factory.mktemp("stack")

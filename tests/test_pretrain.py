@@ -24,7 +24,7 @@ def pretrain(params: Path) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def pretrained(tmp_path_factory, tiny_data):
     """The tiny study's pretrain stage run once: (tmp folder, params, its summary)."""
     tmp = tmp_path_factory.mktemp("pretrained")

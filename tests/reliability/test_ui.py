@@ -40,7 +40,7 @@ def get(url: str, body: dict | None = None) -> dict:
         return json.loads(response.read())
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ui(study):
     """`make ui` on the study's store, on a free port; stopped (its whole process group) after."""
     port = free_port()
