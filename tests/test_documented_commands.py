@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, STAGE_ENV, project_copy, tiny_study
+from tests.reliability.conftest import summaries as finished_trials
 from tests.servers import answers, start, stop
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -153,12 +154,6 @@ def _shell(command: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedP
 def ran(said: str) -> set[str]:
     """The stages `dvc repro` (or `dvc exp run`) ran, by what it printed."""
     return {line.split("'")[1] for line in said.splitlines() if line.startswith("Running stage '")}
-
-
-def finished_trials(repo: Path) -> dict[Path, int]:
-    """Each finished trial's summary.json in the sweep's storage, and its mtime (ns)."""
-    return {p: p.stat().st_mtime_ns
-            for p in (repo / "work_dirs/sweeps").glob("*/*/final/summary.json")}
 
 
 @pytest.mark.slow
