@@ -26,14 +26,33 @@ PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"))), None)
 
 
 def stop(process: subprocess.Popen, timeout: float = 30) -> None:
-    """SIGTERM to the process group we started, SIGKILL if it lingers."""
+    """SIGTERM to the process we started, which stops what it started in order; then to what
+    is left of its process group, SIGKILL to what lingers. (SIGTERM to the whole group at once
+    hung `ray start --block` and a Ray cluster's host until the SIGKILL, 30-60 s later.)"""
     if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
+        process.terminate()
         try:
             process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+            pass
+    for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:  # the group is gone
+            break
+        deadline = time.time() + grace
+        while time.time() < deadline and _group_alive(process.pid):
+            time.sleep(0.1)
+    if process.poll() is None:
+        process.wait()
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+        return True
+    except ProcessLookupError:
+        return False
 
 
 def start(args: list[str], ready: Callable[[], bool], log: Path, env: dict | None = None,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, free_port, study_params, sweep
+from tests.servers import stop
 
 pytestmark = pytest.mark.slow  # real Ray: a local one beside another, and a 2-node cluster
 
@@ -46,12 +46,7 @@ def test_a_local_sweep_starts_its_own_ray_beside_another(tmp_path, tiny_data):
         assert trial["status"] == "finished"
         assert other.poll() is None  # the other Ray is still up, untouched
     finally:
-        os.killpg(other.pid, signal.SIGTERM)  # ray start --block and the processes it started
-        try:
-            other.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(other.pid, signal.SIGKILL)
-            other.wait()
+        stop(other, timeout=60)  # ray start --block stops the processes it started
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import psutil
 import pytest
 
 from tests.conftest import ROOT, STAGE_ENV, free_port
+from tests.servers import stop
 
 from .conftest import SECRET, results
 
@@ -64,12 +64,7 @@ def ui(study):
             time.sleep(1)
         yield url, server.pid
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop(server)
         server.stdout.close()
 
 
@@ -158,19 +153,23 @@ def test_the_ray_dashboard_listens_only_on_127_0_0_1(tmp_path, covered):
     ray = str(Path(sys.executable).with_name("ray"))
     dashboard = free_port()
     env = {**STAGE_ENV, "RAY_ADDRESS": ""}
-    subprocess.run([ray, "start", "--head", "--port", str(free_port()), "--num-cpus", "1",
-                    "--include-dashboard", "true", "--dashboard-port", str(dashboard),
-                    "--disable-usage-stats"], check=True, capture_output=True, env=env,
-                   timeout=180)
+    # (--block, stopped by the process group it started: `ray stop` would stop every Ray on
+    # the machine, other tests' too)
+    head = subprocess.Popen([ray, "start", "--head", "--block", "--port", str(free_port()),
+                             "--num-cpus", "1", "--include-dashboard", "true",
+                             "--dashboard-port", str(dashboard), "--disable-usage-stats"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     try:
-        deadline = time.time() + 60
+        deadline = time.time() + 120
         while not (bound := [ip for ip, port in listening(set(psutil.pids()))
                              if port == dashboard]):
+            assert head.poll() is None, "ray start --head ended"
             assert time.time() < deadline, "the dashboard did not start"
             time.sleep(1)
         assert set(bound) == {"127.0.0.1"}, bound
     finally:
-        subprocess.run([ray, "stop", "--force"], capture_output=True, env=env, timeout=120)
+        stop(head, timeout=60)
     covered("exposure checks", "Ray: no dashboard in the sweep; ray start's binds 127.0.0.1")
 
 
