@@ -1,5 +1,5 @@
-"""`kill -9` of `dvc repro` in the middle of the pre-training or of the sweep, then `dvc repro`
-again."""
+"""`kill -9` of `dvc repro` in the middle of the pre-training, then of the sweep, then `dvc
+repro` again."""
 from __future__ import annotations
 
 import csv
@@ -33,62 +33,43 @@ def settled(repo: Path, quiet: float = 5.0) -> dict[Path, int]:
     return seen
 
 
-def test_kill_9_of_dvc_repro_during_the_pretraining_then_repro_resumes_it(tmp_path, covered):
-    repo = project_copy(tmp_path / "repo", reduced_study(pretrain_iterations=200))
-    run = subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "repro"], cwd=repo,
-                           env=STAGE_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           start_new_session=True)
-    work_dirs = repo / "work_dirs/pretrain/synthetic_voc"
+def _repro_in_background(repo: Path) -> subprocess.Popen:
+    return subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "repro"], cwd=repo,
+                            env=STAGE_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
 
-    def evaluated_at_100() -> bool:  # its checkpoint saved and evaluated
-        return any('"iteration": 100' in path.read_text()
-                   for path in work_dirs.glob("*/eval_history.jsonl"))
 
+def _kill_9_once(run: subprocess.Popen, happened, what: str) -> None:
+    """`kill -9` of dvc repro and everything it started, once `happened()`."""
     deadline = time.time() + 600
-    while not evaluated_at_100():
-        assert run.poll() is None, "dvc repro ended before the pre-training's first evaluation"
-        assert time.time() < deadline, "no pre-training evaluation in 10 minutes"
+    while not happened():
+        assert run.poll() is None, f"dvc repro ended before {what}"
+        assert time.time() < deadline, f"not {what} in 10 minutes"
         time.sleep(0.1)
     os.killpg(run.pid, signal.SIGKILL)
     run.wait()
-    assert not (repo / "models/pretrain/synthetic_voc/summary.json").exists()
-
-    dvc(repo, "repro", check=True)
-    summary = json.loads((repo / "models/pretrain/synthetic_voc/summary.json").read_text())
-    assert summary["iterations"] == 200
-    assert [h["iteration"] for h in summary["history"]] == [100, 200]
-    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("pixiou-study")
-    (pretrain,) = client.search_runs([experiment.experiment_id],
-                                     "tags.`pixiou.pretrain_key` LIKE '%'")  # one run, reopened
-    assert pretrain.info.status == "FINISHED"
-    assert pretrain.data.tags["resumed_from"] in ("100", "200")  # the kill's checkpoint
-    # (200: the kill landed after the last checkpoint, and the run only finished)
-    assert [m.step for m in client.get_metric_history(pretrain.info.run_id, "mIoU")] == \
-        [100, 200]  # each evaluation once
-    assert [t["status"] for t in results(repo)["trials"]] == ["finished"] * 4
-    assert all(t["history"][0]["mIoU"] == summary["mIoU"] for t in results(repo)["trials"])
-    assert "up to date" in dvc(repo, "status").stdout
-    covered("faults injected", "kill -9 of dvc repro during the pre-training")
 
 
-def test_kill_9_of_dvc_repro_among_the_trials_then_repro_completes(tmp_path, covered):
-    """`kill -9` of dvc repro, its sweep driver and the trials, among the convergence arm's
-    trials (one at a time): the rerun keeps the finished ones of both arms, trains the rest,
-    and MLflow holds one parent and one child per trial, each tagged with its arm."""
+def test_kill_9_of_dvc_repro_in_the_pretraining_then_among_the_trials(tmp_path, covered):
+    """`kill -9` of dvc repro in the middle of the pre-training; the rerun resumes it from its
+    checkpoint, and is killed in turn among the convergence arm's trials (one at a time). The
+    last rerun keeps the finished trials of both arms and trains the rest; MLflow holds the
+    pre-training once, one parent and one child per trial, each tagged with its arm."""
     arm = {"losses": ["ce", "pixiou"], "iterations": 40, "val_interval": 10}
-    repo = project_copy(tmp_path / "repo", reduced_study(max_concurrent_trials=1,
-                                                         convergence=arm))
-    run = subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "repro"], cwd=repo,
-                           env=STAGE_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           start_new_session=True)
-    deadline = time.time() + 600
-    while not any("convergence_" in str(p) for p in summaries(repo)):
-        assert run.poll() is None, "dvc repro ended before a convergence trial finished"
-        assert time.time() < deadline, "no convergence trial finished in 10 minutes"
-        time.sleep(0.5)
-    os.killpg(run.pid, signal.SIGKILL)
-    run.wait()
+    repo = project_copy(tmp_path / "repo", reduced_study(
+        pretrain_iterations=200, max_concurrent_trials=1, convergence=arm))
+    work_dirs = repo / "work_dirs/pretrain/synthetic_voc"
+
+    def pretrained_to_100() -> bool:  # its checkpoint saved and evaluated
+        return any('"iteration": 100' in path.read_text()
+                   for path in work_dirs.glob("*/eval_history.jsonl"))
+
+    _kill_9_once(_repro_in_background(repo), pretrained_to_100,
+                 "the pre-training's first evaluation")
+    assert not (repo / "models/pretrain/synthetic_voc/summary.json").exists()
+    _kill_9_once(_repro_in_background(repo),
+                 lambda: any("convergence_" in str(p) for p in summaries(repo)),
+                 "a convergence trial finished")
     finished_before = settled(repo)
     assert 1 <= sum("convergence_" in str(p) for p in finished_before) < 4
     assert not (repo / "results/synthetic_voc.json").exists()
@@ -101,8 +82,23 @@ def test_kill_9_of_dvc_repro_among_the_trials_then_repro_completes(tmp_path, cov
     trials = results(repo)["trials"]
     assert sorted(t["arm"] for t in trials) == ["convergence"] * 4 + ["finetune"] * 4
     assert all(t["status"] == "finished" for t in trials)
+
+    # the pre-training: resumed, whole, evaluated once each time, where the trials start
+    summary = json.loads((repo / "models/pretrain/synthetic_voc/summary.json").read_text())
+    assert summary["iterations"] == 200
+    assert [h["iteration"] for h in summary["history"]] == [100, 200]
+    assert all(t["history"][0]["mIoU"] == summary["mIoU"] for t in trials
+               if t["arm"] == "finetune")
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("pixiou-study")
+    (pretrain,) = client.search_runs([experiment.experiment_id],
+                                     "tags.`pixiou.pretrain_key` LIKE '%'")  # one run, reopened
+    assert pretrain.info.status == "FINISHED"
+    assert pretrain.data.tags["resumed_from"] in ("100", "200")  # the kill's checkpoint
+    # (200: the kill landed after the last checkpoint, and the run only finished)
+    assert [m.step for m in client.get_metric_history(pretrain.info.run_id, "mIoU")] == \
+        [100, 200]  # each evaluation once
+
     runs = client.search_runs([experiment.experiment_id], max_results=100)
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert sum("pixiou.sweep_key" in r.data.tags for r in runs) == 1  # one parent
@@ -127,5 +123,6 @@ def test_kill_9_of_dvc_repro_among_the_trials_then_repro_completes(tmp_path, cov
         trial = next(t for t in trials if t["mlflow_run_id"] == row["mlflow_run_id"])
         assert float(row["mIoU"]) == trial["mIoU"]
     assert "up to date" in dvc(repo, "status").stdout
+    covered("faults injected", "kill -9 of dvc repro during the pre-training")
     covered("faults injected", f"kill -9 of dvc repro after {len(finished_before)} of 8 "
                                "trials, among the convergence arm's")
