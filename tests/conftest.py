@@ -3,9 +3,11 @@ point every output (work dirs, MLflow store, results) into a temporary folder.""
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -112,6 +114,64 @@ def dvc(repo: Path, *args: str, timeout: int = 900, env: dict | None = None,
     return done
 
 
+# --- the reduced study: run once, read by many tests ---------------------------------------
+
+SECRET = "s3cr3t-Pa55word-for-the-reliability-suite"
+#: Environment secrets a user may have set; none may reach MLflow, results or reports.
+SECRET_ENV = {"CITYSCAPES_PASSWORD": SECRET, "HF_TOKEN": SECRET,
+              "AWS_SECRET_ACCESS_KEY": SECRET, "MLFLOW_TRACKING_PASSWORD": SECRET}
+
+
+def reduced_study(iterations: int = 4, pretrain_iterations: int = 6, **sweep):
+    """The default study cut to what CI affords: one generated dataset (tiny), a short CE
+    pre-training, 2 losses x 2 seeds fine-tuned for a few iterations, no convergence arm
+    unless `convergence` says. Everything else, the stages and their code, is the default's."""
+    def edit(params):
+        params["study"]["datasets"] = ["synthetic_voc"]
+        params["datasets"]["synthetic_voc"].update(TINY_DATA)
+        params["pretrain"].update(iterations=pretrain_iterations,
+                                  val_interval=pretrain_iterations // 2,
+                                  early_iteration=pretrain_iterations // 2)
+        params["train"].update(iterations=iterations, val_interval=iterations // 2, overlays=1)
+        params["sweep"].update(losses=["ce", "pixiou"], seeds=[0, 1],
+                               **{"convergence": {"losses": []}, **sweep})
+    return edit
+
+
+def summaries(repo: Path) -> dict[Path, int]:
+    """Each finished trial's summary.json (in its final checkpoint) and its modification time
+    (ns)."""
+    return {p: p.stat().st_mtime_ns
+            for p in (repo / "work_dirs/sweeps").glob("*/*/final/summary.json")}
+
+
+def results(repo: Path) -> dict:
+    return json.loads((repo / "results/synthetic_voc.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def study(tmp_path_factory) -> Path:
+    """A project copy whose reduced study `dvc repro` ran to the end, with secrets in the
+    environment. Tests that only read it share it; one that changes it puts it back as it was,
+    or changes a `copy_of_study`."""
+    repo = project_copy(tmp_path_factory.mktemp("study") / "repo", reduced_study())
+    dvc(repo, "repro", env=SECRET_ENV, check=True)
+    return repo
+
+
+def copy_of_study(repo: Path, dest: Path) -> Path:
+    """A copy of a project whose study ran (git, DVC cache, outputs, MLflow store), whose
+    MLflow experiment and runs keep their artifacts in the copy, not in `repo`."""
+    shutil.copytree(repo, dest, symlinks=True)
+    old, new = repo.resolve().as_uri(), dest.resolve().as_uri()
+    with sqlite3.connect(dest / "mlflow.db") as store:
+        store.execute("UPDATE experiments SET artifact_location = "
+                      "replace(artifact_location, ?, ?)", (old, new))
+        store.execute("UPDATE runs SET artifact_uri = replace(artifact_uri, ?, ?)", (old, new))
+    store.close()
+    return dest
+
+
 def sweep(params: Path, tmp_path: Path, env: dict | None = None, timeout: int = 600):
     """The sweep stage of synthetic_voc on `params`, its results under tmp_path/results."""
     return subprocess.run(
@@ -131,6 +191,8 @@ def free_port() -> int:
 #: Fixtures that train or start a Ray cluster or servers: a test that uses one is slow (and
 #: out of `make test-fast`), whether or not it says so itself.
 SLOW_FIXTURES = {"pretrained", "stack", "spot_cluster", "two_node_cluster", "study"}
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):

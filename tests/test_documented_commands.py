@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, STAGE_ENV, project_copy, tiny_study
-from tests.reliability.conftest import summaries as finished_trials
+from tests.conftest import summaries as finished_trials
 from tests.servers import answers, start, stop
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

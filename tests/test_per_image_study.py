@@ -17,6 +17,7 @@ LOSSES = ["ce", "lovasz", "lovasz_img", "pixiou", "pixiou_img", "dice"]
 def per_image_study(params: dict) -> None:
     tiny_study(params)
     params["sweep"]["losses"] = LOSSES
+    params["sweep"]["convergence"]["losses"] = []  # the fine-tuning arm's comparison only
     params["report"]["claims"] = [
         {"better": "lovasz_img", "worse": "lovasz", "metric": "image-mIoU",
          "source": "Berman et al. 2018"},

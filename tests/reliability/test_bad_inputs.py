@@ -8,9 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import dvc, study_params
-
-from .conftest import results, summaries
+from tests.conftest import dvc, results, study_params, summaries
 
 
 @contextlib.contextmanager

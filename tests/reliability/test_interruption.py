@@ -14,9 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import STAGE_ENV, dvc, project_copy
-
-from .conftest import reduced_study, results, summaries
+from tests.conftest import STAGE_ENV, dvc, project_copy, reduced_study, results, summaries
 
 pytestmark = pytest.mark.slow
 

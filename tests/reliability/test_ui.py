@@ -15,10 +15,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import ROOT, STAGE_ENV, free_port
+from tests.conftest import ROOT, SECRET, STAGE_ENV, free_port, results
 from tests.servers import stop
-
-from .conftest import SECRET, results
 
 pytestmark = pytest.mark.slow
 
