@@ -156,12 +156,13 @@ class MlflowServer:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
+        # (no job runner: seven processes MLflow's GenAI jobs need and tracking does not)
         self.process = start(
             [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
              "--backend-store-uri", self.backend, "--artifacts-destination", self.artifacts,
              "--workers", "1"],
-            answers(f"{self.url}/health"), self.tmp / "mlflow-server.log", env=self.env,
-            timeout=180)
+            answers(f"{self.url}/health"), self.tmp / "mlflow-server.log",
+            env={**self.env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, timeout=180)
 
     def stop(self) -> None:
         if self.process is not None:

@@ -18,6 +18,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -26,7 +27,7 @@ import pytest
 
 from tests.conftest import ROOT, STAGE_ENV, project_copy, tiny_study
 from tests.conftest import summaries as finished_trials
-from tests.servers import answers, start, stop
+from tests.servers import answers, stop
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
@@ -156,12 +157,27 @@ def ran(said: str) -> set[str]:
     return {line.split("'")[1] for line in said.splitlines() if line.startswith("Running stage '")}
 
 
+def tiny_fine_tuning(params: dict) -> None:
+    """The tiny study's fine-tuning arm (the kill -9 scenario runs both arms under dvc)."""
+    tiny_study(params)
+    params["sweep"]["convergence"]["losses"] = []
+
+
+def _in_parallel(*chains: list[str], cwd: Path) -> list[tuple[str, subprocess.CompletedProcess]]:
+    """Each chain of commands in order, the chains side by side; (command, outcome) of each."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(chains)) as pool:
+        ran_chains = pool.map(lambda chain: [(c, _shell(c, cwd)) for c in chain], chains)
+        return [outcome for chain in ran_chains for outcome in chain]
+
+
 @pytest.mark.slow
 def test_the_documented_commands_run_as_written(tmp_path):
-    """In the tiny study (CE and Lovász-Softmax, both arms): each stage runs when its command
-    says, then never again for nothing; a loss weight trains only that loss's trials; the
-    pre-training's own params rerun it and all after it."""
-    repo = project_copy(tmp_path / "project", tiny_study)
+    """In the tiny study (CE and Lovász-Softmax): each stage runs when its command says, then
+    never again for nothing; a loss weight trains only that loss's trial; the pre-training's
+    own params rerun it and all after it."""
+    repo = project_copy(tmp_path / "project", tiny_fine_tuning)
     (repo / ".venv").symlink_to(ROOT / ".venv")  # installed: `make` finds its stamps there
     said, trials = {}, {}
     for command in RUN_IN_COPY:
@@ -175,19 +191,20 @@ def test_the_documented_commands_run_as_written(tmp_path):
     assert "Data and pipelines are up to date" in said["dvc repro"]
     assert "fine-tuned from the CE checkpoint" in (repo / "reports/tables.md").read_text()
     assert (repo / "dvc.lock").is_file()
-    # the loss weight: the sweep and the report again, and only the lovasz trials (both arms)
+    # the loss weight: the sweep and the report again, and only the lovasz trial
     variant = "dvc exp run -S 'train.losses.lovasz.terms.0.loss_weight=0.5'"
     assert ran(said[variant]) == {"sweep@synthetic_voc", "report"}, said[variant]
-    assert "4 trials, 2 already done, 2 to run" in said[variant]
+    assert "2 trials, 1 already done, 1 to run" in said[variant]
     before, after = trials[variant]
-    assert all(after[p] == stamp for p, stamp in before.items()) and len(after) == 6
+    assert all(after[p] == stamp for p, stamp in before.items()) and len(after) == 3
     results = json.loads((repo / "results/synthetic_voc.json").read_text())["trials"]
     assert [t["loss_terms"] for t in results if t["loss"] == "lovasz"] == \
-        [[{"type": "LovaszSoftmaxLoss", "loss_weight": 0.5}]] * 2
+        [[{"type": "LovaszSoftmaxLoss", "loss_weight": 0.5}]]
     shown = json.dumps(json.loads(_shell("dvc exp show --json", repo).stdout))
     assert '"loss_weight": 0.5' in shown and "reports/metrics.json" in shown
-    for command in MEASURED:
-        done = _shell(shortened(command), repo)
+    # the first two in order (the second continues the first), beside the other two
+    for command, done in _in_parallel(list(map(shortened, MEASURED[:2])),
+                                      list(map(shortened, MEASURED[2:])), cwd=repo):
         assert done.returncode == 0, f"{command}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     continued = json.loads((repo / "work_dirs/ce-continued-voc/summary.json").read_text())
     assert continued["history"][0]["iteration"] == 0  # it started from the curve's weights
@@ -204,13 +221,20 @@ def test_the_documented_commands_run_as_written(tmp_path):
     assert ran(again.stdout) == {"pretrain@synthetic_voc", "sweep@synthetic_voc", "report"}
     assert model.read_bytes() != trained
 
-    for command, port in SERVED.items():
-        server = start(["bash", "-c", command], answers(f"http://127.0.0.1:{port}/health"),
-                       tmp_path / f"ui-{port}.log", env=STAGE_ENV, cwd=repo)
-        try:
+    # both UIs at once, on their two ports
+    servers = [subprocess.Popen(["bash", "-c", command], cwd=repo, env=STAGE_ENV,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                start_new_session=True) for command in SERVED]
+    try:
+        deadline = time.time() + 120
+        for (command, port), server in zip(SERVED.items(), servers, strict=True):
+            while not answers(f"http://127.0.0.1:{port}/health")():
+                assert server.poll() is None and time.time() < deadline, command
+                time.sleep(0.5)
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as reply:
                 assert reply.status == 200
-        finally:
+    finally:
+        for server in servers:
             stop(server)
 
 
