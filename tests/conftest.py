@@ -2,7 +2,9 @@
 point every output (work dirs, MLflow store, results) into a temporary folder."""
 from __future__ import annotations
 
+import atexit
 import copy
+import functools
 import json
 import os
 import shutil
@@ -10,6 +12,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,11 +22,27 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_DATA = dict(seed=0, train=16, val=8, height=64, width=64, objects_per_image=[3, 8])
 
 
-def study_params(tmp_path: Path, data_root: Path, **sections) -> Path:
-    """The repository's params.yaml with a tiny schedule and every output under tmp_path.
+@functools.cache
+def empty_mlflow_store() -> Path:
+    """An MLflow sqlite store with its tables made, once per test run: a new store spends 1-3 s
+    in its migrations, and most tests only need one to log into."""
+    from mlflow import MlflowClient
+
+    store = Path(tempfile.mkdtemp(prefix="pixiou-mlflow-")) / "mlflow.db"
+    atexit.register(shutil.rmtree, store.parent, True)
+    MlflowClient(f"sqlite:///{store}").search_experiments()
+    return store
+
+
+def study_params(tmp_path: Path, data_root: Path, tracking_store: bool = True,
+                 **sections) -> Path:
+    """The repository's params.yaml with a tiny schedule and every output under tmp_path, its
+    MLflow store there and made (`tracking_store`; the stages make one where there is none).
 
     `sections` update params sections key by key, e.g. sweep=dict(losses=["ce"]).
     """
+    if tracking_store and not (tmp_path / "mlflow.db").exists():
+        shutil.copy(empty_mlflow_store(), tmp_path / "mlflow.db")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["study"]["datasets"] = ["synthetic_voc"]
     # The sweep's own tests train from scratch; the fine-tuning ones say protocol: finetune

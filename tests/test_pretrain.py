@@ -143,7 +143,7 @@ def test_finetuning_without_the_pretrain_model_says_which_stage_to_run(tmp_path,
                                           "pretrain.val_interval (2) below pretrain.iterations"),
 ], ids=["iterations", "val_interval", "lr", "url", "sha256", "protocol", "early"])
 def test_bad_pretrain_params_fail_naming_the_key(tmp_path, tiny_data, section, values, message):
-    params = study_params(tmp_path, tiny_data, **{section: values},
+    params = study_params(tmp_path, tiny_data, tracking_store=False, **{section: values},
                           **({} if section == "study" else {"study": dict(protocol="finetune")}))
     done = pretrain(params)
     assert done.returncode == 2
