@@ -29,6 +29,7 @@ from .watch import RUN_METRICS, SYSTEM_PREFIX
 SWEEP_KEY = "pixiou.sweep_key"
 TRIAL_KEY = "pixiou.trial_key"
 FINAL_LOGGED = "pixiou.final_logged"
+RUN_MADE = "pixiou.run_made"  # a trial's run has its params and dataset
 PARENT = "mlflow.parentRunId"
 LIVE_METRICS = (*METRICS, "loss", *RUN_METRICS)
 
@@ -112,6 +113,7 @@ class Tracker:
             self.client = MlflowClient(self.uri)
         self._experiment_id: str | None = None
         self._children: dict[tuple[str, str], str] = {}  # (parent, trial key) -> run id
+        self._made: set[str] = set()  # trial runs with their params and dataset logged
 
     @property
     def is_local(self) -> bool:
@@ -230,17 +232,26 @@ class Tracker:
                   tags: dict, description: str | None = None,
                   dataset: DatasetRecord | None = None) -> str:
         """The trial's run, made once: its params, tags, a one-line description (the UI's
-        Description) and the dataset it trained on (the UI's Datasets column)."""
+        Description) and the dataset it trained on (the UI's Datasets column).
+
+        Its tags come with the call that makes it; a run a killed driver left without its
+        params or dataset (no RUN_MADE tag) gets them from the next driver that finds it."""
         run_id = self.child_run_id(parent_id, trial_key)
         if run_id is None:
             run = self.client.create_run(
                 self.experiment_id(), run_name=name,
-                tags=self._clean({PARENT: parent_id, TRIAL_KEY: trial_key}))
+                tags=self._clean({PARENT: parent_id, TRIAL_KEY: trial_key,
+                                  GIT_COMMIT: git_commit(), NOTE: description, **tags}))
             run_id = self._children[parent_id, trial_key] = run.info.run_id
-            self._log_params(run_id, params)
-            self.set_tags(run_id, {GIT_COMMIT: git_commit(), NOTE: description, **tags})
-            if dataset is not None:
-                self.client.log_inputs(run_id, datasets=[dataset.input()])
+        elif run_id in self._made or \
+                self.client.get_run(run_id).data.tags.get(RUN_MADE) == "1":
+            self._made.add(run_id)
+            return run_id
+        self._log_params(run_id, params)  # (those already logged are left as they are)
+        if dataset is not None:
+            self.client.log_inputs(run_id, datasets=[dataset.input()])
+        self.set_tags(run_id, {RUN_MADE: "1"})
+        self._made.add(run_id)
         return run_id
 
     def log_evaluations(self, run_id: str, records: list[dict]) -> None:

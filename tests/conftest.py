@@ -209,7 +209,7 @@ def free_port() -> int:
 
 #: Fixtures that train or start a Ray cluster or servers: a test that uses one is slow (and
 #: out of `make test-fast`), whether or not it says so itself.
-SLOW_FIXTURES = {"pretrained", "stack", "spot_cluster", "two_node_cluster", "study"}
+SLOW_FIXTURES = {"pretrained", "stack", "nodes", "study"}
 
 
 def pytest_collection_modifyitems(items):

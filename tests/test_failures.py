@@ -265,6 +265,38 @@ def test_a_hung_collective_is_bounded_by_a_param():
         SweepParams(losses=["ce"], seeds=[0], collective_timeout_s=1).validate("sweep")
 
 
+def test_a_trial_run_a_killed_driver_left_half_made_is_completed(tmp_path, monkeypatch):
+    """`kill -9` of the driver right after MLflow made a trial's run: the next driver finds the
+    run by its key and logs the params it lacks; its tags (the UI's search by arm) came with
+    the run itself."""
+    from pipeline.tracking import RUN_MADE, Tracker, TrackingParams
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.chdir(tmp_path)  # the experiment's artifacts go here
+    first = Tracker(TrackingParams(uri=uri))
+    parent = first.parent_run("sweep-key", "sweep-synthetic_voc", params={}, tags={})
+
+    class Killed(Exception):
+        pass
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    made = dict(name="ce_seed0_abc", params={"loss": "ce", "seed": 0},
+                tags={"arm": "convergence"}, description="CE, seed 0")
+    monkeypatch.setattr(first, "_log_params", killed)
+    with pytest.raises(Killed):
+        first.child_run(parent, "trial-key", **made)
+
+    second = Tracker(TrackingParams(uri=uri))
+    run_id = second.child_run(parent, "trial-key", **made)
+    run = second.client.get_run(run_id)
+    assert run.data.params == {"loss": "ce", "seed": "0"}
+    assert run.data.tags["arm"] == "convergence" and run.data.tags[RUN_MADE] == "1"
+    found = second.client.search_runs([run.info.experiment_id], "tags.arm = 'convergence'")
+    assert [r.info.run_id for r in found] == [run_id]  # the same run, not a second one
+
+
 def test_mlflow_writes_wait_off_tunes_event_loop_and_keep_their_order():
     """A tracking server that takes 0.3 s a write: the callbacks' calls return at once, and the
     writes are made in order, all of them by the flush."""

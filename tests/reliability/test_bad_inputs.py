@@ -80,7 +80,7 @@ def test_bad_params_are_refused_by_the_stage_before_any_work(tmp_path, tiny_data
                                                              message):
     """Each bad value, at the stage command that reads it: exit non-zero, the key named, and
     nothing written (no data, model, MLflow store, sweep storage or results)."""
-    path = study_params(tmp_path, tiny_data, study={"protocol": "finetune"})
+    path = study_params(tmp_path, tiny_data, tracking_store=False, study={"protocol": "finetune"})
     params = yaml.safe_load(path.read_text())
     edit(params)
     path.write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
