@@ -120,8 +120,9 @@ repro: install
 	@echo "make repro: tables in reports/tables.md, figures in reports/figures/;"
 	@echo "  dvc metrics show / dvc plots show compare them; make ui browses the runs."
 
-# One process: two pytest-xdist workers saved about a fifth of the time, but several Ray
-# instances side by side made a local sweep's GCS unreachable (docs/testing.md).
+# One process: two pytest-xdist workers once lost a local sweep's GCS beside other Rays (a test
+# ran `ray stop --force`, gone since); one green run on two workers is no proof yet
+# (docs/testing.md).
 test: install-dev browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

@@ -61,13 +61,19 @@ def start(args: list[str], ready: Callable[[], bool], log: Path, env: dict | Non
     with open(log, "ab") as out:
         process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
                                    env={**os.environ, **(env or {})}, start_new_session=True)
+    wait_until(ready, process, log, timeout)
+    return process
+
+
+def wait_until(ready: Callable[[], bool], process: subprocess.Popen, log: Path,
+               timeout: float = 120) -> None:
+    """Returns once `ready()` holds; stops `process` and raises if it ends or times out first."""
     deadline = time.time() + timeout
     while not ready():
         if process.poll() is not None or time.time() > deadline:
             stop(process)
-            raise RuntimeError(f"{args[0]} did not come up: {log.read_text()[-3000:]}")
+            raise RuntimeError(f"{process.args[0]} did not come up: {log.read_text()[-3000:]}")
         time.sleep(0.5)
-    return process
 
 
 def answers(url: str) -> Callable[[], bool]:

@@ -18,7 +18,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -27,7 +26,7 @@ import pytest
 
 from tests.conftest import ROOT, STAGE_ENV, project_copy, tiny_study
 from tests.conftest import summaries as finished_trials
-from tests.servers import answers, stop
+from tests.servers import answers, start, stop, wait_until
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
@@ -221,20 +220,17 @@ def test_the_documented_commands_run_as_written(tmp_path):
     assert ran(again.stdout) == {"pretrain@synthetic_voc", "sweep@synthetic_voc", "report"}
     assert model.read_bytes() != trained
 
-    # both UIs at once, on their two ports
-    servers = [subprocess.Popen(["bash", "-c", command], cwd=repo, env=STAGE_ENV,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                                start_new_session=True) for command in SERVED]
+    # both UIs at once, on their two ports: started, then waited for
+    servers = {port: start(["bash", "-c", command], lambda: True, tmp_path / f"ui-{port}.log",
+                           env=STAGE_ENV, cwd=repo) for command, port in SERVED.items()}
     try:
-        deadline = time.time() + 120
-        for (command, port), server in zip(SERVED.items(), servers, strict=True):
-            while not answers(f"http://127.0.0.1:{port}/health")():
-                assert server.poll() is None and time.time() < deadline, command
-                time.sleep(0.5)
+        for port, server in servers.items():
+            wait_until(answers(f"http://127.0.0.1:{port}/health"), server,
+                       tmp_path / f"ui-{port}.log")
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as reply:
                 assert reply.status == 200
     finally:
-        for server in servers:
+        for server in servers.values():
             stop(server)
 
 

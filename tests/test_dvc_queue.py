@@ -37,7 +37,7 @@ def test_a_queued_variant_reuses_shared_trials_and_keeps_every_run(tmp_path, stu
     names = [line.split()[1] for line in status.splitlines() if "Success" in line]
     for name in names:
         log = dvc(repo, "queue", "logs", name).stdout
-        # the variant trains only its new seed: seed 0's trials are the study's
+        # the variant trains only its new seed: seeds 0 and 1's trials are the study's
         assert "6 trials, 4 already done, 2 to run" in log, log[-3000:]
     trials = sorted(p.name for p in (repo / "work_dirs/sweeps/synthetic_voc").iterdir()
                     if p.name.split("_seed")[0] in ("ce", "pixiou"))

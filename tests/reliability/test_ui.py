@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from tests.conftest import ROOT, SECRET, STAGE_ENV, free_port, results
-from tests.servers import stop
+from tests.servers import start, stop
 
 pytestmark = pytest.mark.slow
 
@@ -151,21 +151,17 @@ def test_the_ray_dashboard_listens_only_on_127_0_0_1(tmp_path, covered):
     ray = str(Path(sys.executable).with_name("ray"))
     dashboard = free_port()
     env = {**STAGE_ENV, "RAY_ADDRESS": ""}
+    def bound() -> list[str]:
+        return [ip for ip, port in listening(set(psutil.pids())) if port == dashboard]
+
     # (--block, stopped by the process group it started: `ray stop` would stop every Ray on
     # the machine, other tests' too)
-    head = subprocess.Popen([ray, "start", "--head", "--block", "--port", str(free_port()),
-                             "--num-cpus", "1", "--include-dashboard", "true",
-                             "--dashboard-port", str(dashboard), "--disable-usage-stats"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    head = start([ray, "start", "--head", "--block", "--port", str(free_port()), "--num-cpus",
+                  "1", "--include-dashboard", "true", "--dashboard-port", str(dashboard),
+                  "--disable-usage-stats"], lambda: bool(bound()), tmp_path / "ray-head.log",
+                 env=env)
     try:
-        deadline = time.time() + 120
-        while not (bound := [ip for ip, port in listening(set(psutil.pids()))
-                             if port == dashboard]):
-            assert head.poll() is None, "ray start --head ended"
-            assert time.time() < deadline, "the dashboard did not start"
-            time.sleep(1)
-        assert set(bound) == {"127.0.0.1"}, bound
+        assert set(bound()) == {"127.0.0.1"}, bound()
     finally:
         stop(head, timeout=60)
     covered("exposure checks", "Ray: no dashboard in the sweep; ray start's binds 127.0.0.1")
