@@ -103,34 +103,36 @@ def train_checkpoint(dataset: str, params: dict, pretrain: PretrainParams, train
     key = identity_key({**spec.to_dict(), "data": data_hash, "code": code_fingerprint(),
                         "early_iteration": pretrain.early_iteration})
     work_dir = Path(pretrain.work_dir) / dataset / key[:16]
+    config = Path(spec.config).stem
 
     tracker = Tracker(parse_section(TrackingParams, params.get("tracking", {}), "tracking"))
     tracker.check()
     run_id = tracker.keyed_run(
         PRETRAIN_KEY, key, f"pretrain-{dataset}",
-        params={"dataset": dataset, "config": Path(spec.config).stem, "loss": "ce",
+        params={"dataset": dataset, "config": config, "loss": "ce",
                 "seed": spec.seed, "iterations": spec.iterations, "lr": spec.lr,
                 "val_interval": spec.val_interval},
         tags={"dataset": dataset, "data_hash": data_hash, "stage": f"pretrain@{dataset}",
-              NOTE: f"Cross-entropy pre-training of "
-                                     f"{Path(spec.config).stem} on {dataset} for "
-                                     f"{spec.iterations} iterations: the model every "
-                                     f"fine-tuning trial of the study starts from."})
+              NOTE: f"Cross-entropy pre-training of {config} on {dataset} for "
+                    f"{spec.iterations} iterations: the model every fine-tuning trial of the "
+                    f"study starts from."})
 
     early = work_dir / EARLY
+    _keep_early_weights_of_a_killed_run(work_dir, early, pretrain.early_iteration, dataset,
+                                        config, last_checkpoint(work_dir))
 
     class TrackedRun(Reporter):
         def evaluation(self, record: dict, checkpoint: Path | None) -> None:
             if record["iteration"] == pretrain.early_iteration and checkpoint is not None:
-                save_weights(checkpoint, early, dataset, Path(spec.config).stem,
-                             record["iteration"], record["mIoU"])
+                save_weights(checkpoint, early, dataset, config, record["iteration"],
+                             record["mIoU"])
             tracker.log_evaluations(run_id, [record])
             print(f"[pretrain] {dataset} iter {record['iteration']}: "
                   + " ".join(f"{m} {record[m]:.2f}" for m in METRICS), flush=True)
 
     summary = run(spec, Placement(str(work_dir), data_root), TrackedRun())
-    save_weights(last_checkpoint(work_dir), staging / MODEL, dataset, Path(spec.config).stem,
-                 summary.iterations, summary.metrics["mIoU"])
+    save_weights(last_checkpoint(work_dir), staging / MODEL, dataset, config, summary.iterations,
+                 summary.metrics["mIoU"])
     early_record = None
     if pretrain.early_iteration is not None:
         shutil.copyfile(early, staging / EARLY)
@@ -144,20 +146,48 @@ def train_checkpoint(dataset: str, params: dict, pretrain: PretrainParams, train
     return {"source": "trained", "key": key, "data_hash": data_hash, **summary.metrics,
             "per_class": summary.per_class, "iterations": summary.iterations,
             "history": summary.history,
-            "config": Path(spec.config).stem, "seed": spec.seed, "early": early_record}
+            "config": config, "seed": spec.seed, "early": early_record}
+
+
+def _keep_early_weights_of_a_killed_run(work_dir: Path, early: Path, early_iteration: int | None,
+                                        dataset: str, config: str,
+                                        resumed_from: Path | None) -> None:
+    """The early weights of a run killed after its early evaluation but before their copy.
+
+    The resumed run does not evaluate that iteration again, but the checkpoint it resumes from
+    is still that iteration's (mmengine keeps one, and the next replaces it only after the
+    copy), so the copy is made from it now. Without either, the stage could not finish.
+    """
+    from .train import HISTORY
+
+    if early_iteration is None or early.exists() or resumed_from is None:
+        return
+    if resumed_from.stem != f"iter_{early_iteration}":
+        if int(resumed_from.stem.removeprefix("iter_")) > early_iteration:
+            raise RuntimeError(f"{early} is missing and the checkpoint of iteration "
+                               f"{early_iteration} is gone: delete {work_dir} to train the "
+                               f"pre-training again")
+        return
+    history = [json.loads(line) for line in (work_dir / HISTORY).read_text().splitlines()]
+    (record,) = [r for r in history if r["iteration"] == early_iteration]
+    save_weights(resumed_from, early, dataset, config, early_iteration, record["mIoU"])
+    print(f"[pretrain] {dataset}: the early weights (iteration {early_iteration}) copied from "
+          f"the checkpoint the run resumes from", flush=True)
 
 
 def save_weights(checkpoint: Path, target: Path, dataset: str, config: str, iteration: int,
                  miou: float) -> None:
     """The weights of an mmengine checkpoint of our own work dir, without the optimizer (what
     a fine-tuning run loads, a quarter of the bytes). Our own file: mmengine's resume state
-    needs full unpickling."""
+    needs full unpickling. Written beside `target` and renamed: a kill leaves none, never half."""
     import torch
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    staging = target.with_name(target.name + ".tmp")
     torch.save({"state_dict": state["state_dict"],
                 "meta": {"dataset": dataset, "config": config, "iterations": iteration,
-                         "mIoU": miou}}, target)
+                         "mIoU": miou}}, staging)
+    staging.replace(target)
 
 
 # --- the stage -----------------------------------------------------------------------------------

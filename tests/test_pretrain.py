@@ -69,6 +69,34 @@ def test_the_pretrain_stage_writes_a_checked_ce_model_and_its_mlflow_run(pretrai
     assert [m.step for m in client.get_metric_history(run.info.run_id, "mIoU")] == [2, 4]
 
 
+def test_a_pretraining_killed_before_it_copied_its_early_weights_still_finishes(
+        pretrained, tiny_data, tmp_path, monkeypatch, capsys):
+    """A kill after the early evaluation was recorded, before its weights were copied: the
+    resumed run does not evaluate that iteration again, and takes them from the checkpoint it
+    resumes from; they are the uninterrupted run's bytes."""
+    from pipeline import pretrain as stage
+
+    class Killed(BaseException):
+        """What a `kill -9` leaves: no handler runs past it."""
+
+    copy = stage.save_weights
+
+    def killed_at_the_early_copy(checkpoint, target, *args):
+        if target.name == "early.pth":
+            raise Killed
+        copy(checkpoint, target, *args)
+
+    params = study_params(tmp_path, tiny_data, study=dict(protocol="finetune"))
+    monkeypatch.setattr(stage, "save_weights", killed_at_the_early_copy)
+    with pytest.raises(Killed):
+        stage.run_stage("synthetic_voc", params)
+    monkeypatch.setattr(stage, "save_weights", copy)
+    summary = stage.run_stage("synthetic_voc", params)
+    assert "the early weights (iteration 2) copied from the checkpoint" in capsys.readouterr().out
+    assert summary["early"] == pretrained[2]["early"]
+    assert summary["iterations"] == 4  # (a resumed run's augmentations differ: not its bytes)
+
+
 def test_a_finetuning_run_starts_from_exactly_the_pretrained_weights(pretrained):
     from pipeline.train import Placement, RunSpec, run
 

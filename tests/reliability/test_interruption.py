@@ -31,17 +31,20 @@ def settled(repo: Path, quiet: float = 5.0) -> dict[Path, int]:
     return seen
 
 
-def _repro_in_background(repo: Path) -> subprocess.Popen:
-    return subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "repro"], cwd=repo,
-                            env=STAGE_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+def _repro_in_background(repo: Path, log: Path) -> subprocess.Popen:
+    with log.open("w") as output:  # what it said, should it end before its kill
+        return subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "repro"], cwd=repo,
+                                env=STAGE_ENV, stdout=output, stderr=subprocess.STDOUT,
+                                start_new_session=True)
 
 
-def _kill_9_once(run: subprocess.Popen, happened, what: str) -> None:
-    """`kill -9` of dvc repro and everything it started, once `happened()`."""
+def _kill_9_once(repo: Path, happened, what: str, log: Path) -> None:
+    """`dvc repro` in the background (its output in `log`), and `kill -9` of it and everything
+    it started once `happened()`."""
+    run = _repro_in_background(repo, log)
     deadline = time.time() + 600
     while not happened():
-        assert run.poll() is None, f"dvc repro ended before {what}"
+        assert run.poll() is None, f"dvc repro ended before {what}:\n{log.read_text()[-4000:]}"
         assert time.time() < deadline, f"not {what} in 10 minutes"
         time.sleep(0.1)
     os.killpg(run.pid, signal.SIGKILL)
@@ -62,12 +65,11 @@ def test_kill_9_of_dvc_repro_in_the_pretraining_then_among_the_trials(tmp_path, 
         return any('"iteration": 100' in path.read_text()
                    for path in work_dirs.glob("*/eval_history.jsonl"))
 
-    _kill_9_once(_repro_in_background(repo), pretrained_to_100,
-                 "the pre-training's first evaluation")
+    _kill_9_once(repo, pretrained_to_100, "the pre-training's first evaluation",
+                 tmp_path / "repro-1.log")
     assert not (repo / "models/pretrain/synthetic_voc/summary.json").exists()
-    _kill_9_once(_repro_in_background(repo),
-                 lambda: any("convergence_" in str(p) for p in summaries(repo)),
-                 "a convergence trial finished")
+    _kill_9_once(repo, lambda: any("convergence_" in str(p) for p in summaries(repo)),
+                 "a convergence trial finished", tmp_path / "repro-2.log")
     finished_before = settled(repo)
     assert 1 <= sum("convergence_" in str(p) for p in finished_before) < 4
     assert not (repo / "results/synthetic_voc.json").exists()
