@@ -120,11 +120,13 @@ repro: install
 	@echo "make repro: tables in reports/tables.md, figures in reports/figures/;"
 	@echo "  dvc metrics show / dvc plots show compare them; make ui browses the runs."
 
-# One process: two pytest-xdist workers once lost a local sweep's GCS beside other Rays (a test
-# ran `ray stop --force`, gone since); one green run on two workers is no proof yet
-# (docs/testing.md).
+# Two pytest-xdist workers: in one process the tests leave the two cores idle much of the time
+# (waiting on Ray, servers, deliberate outages; docs/testing.md). Tests that share a module's
+# or the session's fixture (a study, a cluster, servers) run on one worker, the longest work
+# first (tests/conftest.py).
+XDIST ?= -n 2 --dist loadgroup --no-loadscope-reorder
 test: install-dev browser
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # The unit tier: no Ray cluster, no sweep, no `dvc repro`, no servers (tests marked slow, or
 # using a fixture that trains or starts servers: tests/conftest.py SLOW_FIXTURES), on two

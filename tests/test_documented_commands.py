@@ -172,6 +172,7 @@ def _in_parallel(*chains: list[str], cwd: Path) -> list[tuple[str, subprocess.Co
 
 
 @pytest.mark.slow
+@pytest.mark.longest
 def test_the_documented_commands_run_as_written(tmp_path):
     """In the tiny study (CE and Lovász-Softmax): each stage runs when its command says, then
     never again for nothing; a loss weight trains only that loss's trial; the pre-training's

@@ -51,6 +51,7 @@ def _kill_9_once(repo: Path, happened, what: str, log: Path) -> None:
     run.wait()
 
 
+@pytest.mark.longest
 def test_kill_9_of_dvc_repro_in_the_pretraining_then_among_the_trials(tmp_path, covered):
     """`kill -9` of dvc repro in the middle of the pre-training; the rerun resumes it from its
     checkpoint, and is killed in turn among the convergence arm's trials (one at a time). The
