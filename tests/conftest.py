@@ -210,29 +210,24 @@ def free_port() -> int:
 #: Fixtures that train or start a Ray cluster or servers: a test that uses one is slow (and
 #: out of `make test-fast`), whether or not it says so itself.
 SLOW_FIXTURES = {"pretrained", "stack", "nodes", "study"}
-#: Fixtures made once for several tests (a module's or the session's): under pytest-xdist's
-#: `--dist loadgroup` (make test) the tests that share one run on one worker, which makes it once.
-SHARED_FIXTURES = ("study", "stack", "nodes", "pretrained", "flaky_s3")
+#: Fixtures of the longest tests: a finished study, a Ray cluster with S3, PostgreSQL and
+#: MLflow, a cluster that loses nodes, an S3 that fails.
+LONG_FIXTURES = {"study", "stack", "nodes", "pretrained", "flaky_s3"}
 
 
 def _schedule_rank(item) -> int:
-    """0: a group of tests around a shared fixture, or a test marked `longest`; 1: another
-    slow test; 2: a unit test. Started in this order, the long work is spread over the workers
-    first and the quick tests even out their ends."""
-    if item.get_closest_marker("xdist_group") or item.get_closest_marker("longest"):
+    """0: a test marked `longest` or using one of LONG_FIXTURES; 1: another slow test; 2: a unit
+    test. `make test`'s two pytest-xdist workers take the tests one at a time in this order:
+    the long work is spread over both first, and the quick tests even out their ends."""
+    if item.get_closest_marker("longest") or LONG_FIXTURES & set(getattr(item, "fixturenames", ())):
         return 0
     return 1 if item.get_closest_marker("slow") else 2
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items):
     for item in items:
-        fixtures = set(getattr(item, "fixturenames", ()))
-        if SLOW_FIXTURES & fixtures:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
-        shared = [name for name in SHARED_FIXTURES if name in fixtures]
-        if shared:
-            item.add_marker(pytest.mark.xdist_group(shared[0]))
     items.sort(key=_schedule_rank)  # stable: each rank keeps the files' order
 
 
