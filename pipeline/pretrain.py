@@ -119,7 +119,7 @@ def train_checkpoint(dataset: str, params: dict, pretrain: PretrainParams, train
 
     early = work_dir / EARLY
     _keep_early_weights_of_a_killed_run(work_dir, early, pretrain.early_iteration, dataset,
-                                        config, last_checkpoint(work_dir))
+                                        config)
 
     class TrackedRun(Reporter):
         def evaluation(self, record: dict, checkpoint: Path | None) -> None:
@@ -150,29 +150,29 @@ def train_checkpoint(dataset: str, params: dict, pretrain: PretrainParams, train
 
 
 def _keep_early_weights_of_a_killed_run(work_dir: Path, early: Path, early_iteration: int | None,
-                                        dataset: str, config: str,
-                                        resumed_from: Path | None) -> None:
+                                        dataset: str, config: str) -> None:
     """The early weights of a run killed after its early evaluation but before their copy.
 
     The resumed run does not evaluate that iteration again, but the checkpoint it resumes from
     is still that iteration's (mmengine keeps one, and the next replaces it only after the
     copy), so the copy is made from it now. Without either, the stage could not finish.
     """
-    from .train import HISTORY
+    from .train import HISTORY, last_checkpoint
 
-    if early_iteration is None or early.exists() or resumed_from is None:
+    resumes_from = last_checkpoint(work_dir)
+    if early_iteration is None or early.exists() or resumes_from is None:
         return
-    if resumed_from.stem != f"iter_{early_iteration}":
-        if int(resumed_from.stem.removeprefix("iter_")) > early_iteration:
-            raise RuntimeError(f"{early} is missing and the checkpoint of iteration "
-                               f"{early_iteration} is gone: delete {work_dir} to train the "
-                               f"pre-training again")
-        return
-    history = [json.loads(line) for line in (work_dir / HISTORY).read_text().splitlines()]
-    (record,) = [r for r in history if r["iteration"] == early_iteration]
-    save_weights(resumed_from, early, dataset, config, early_iteration, record["mIoU"])
-    print(f"[pretrain] {dataset}: the early weights (iteration {early_iteration}) copied from "
-          f"the checkpoint the run resumes from", flush=True)
+    iteration = int(resumes_from.stem.removeprefix("iter_"))
+    if iteration > early_iteration:
+        raise RuntimeError(f"{early} is missing and the checkpoint of iteration "
+                           f"{early_iteration} is gone: delete {work_dir} to train the "
+                           f"pre-training again")
+    if iteration == early_iteration:
+        history = map(json.loads, (work_dir / HISTORY).read_text().splitlines())
+        (record,) = [r for r in history if r["iteration"] == early_iteration]
+        save_weights(resumes_from, early, dataset, config, early_iteration, record["mIoU"])
+        print(f"[pretrain] {dataset}: the early weights (iteration {early_iteration}) copied "
+              f"from the checkpoint the run resumes from", flush=True)
 
 
 def save_weights(checkpoint: Path, target: Path, dataset: str, config: str, iteration: int,
