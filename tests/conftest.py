@@ -152,8 +152,8 @@ def reduced_study(iterations: int = 4, pretrain_iterations: int = 6, **sweep):
                                   val_interval=pretrain_iterations // 2,
                                   early_iteration=pretrain_iterations // 2)
         params["train"].update(iterations=iterations, val_interval=iterations // 2, overlays=1)
-        params["sweep"].update(losses=["ce", "pixiou"], seeds=[0, 1],
-                               **{"convergence": {"losses": []}, **sweep})
+        params["sweep"].update({"losses": ["ce", "pixiou"], "seeds": [0, 1],
+                                "convergence": {"losses": []}, **sweep})
     return edit
 
 
@@ -210,24 +210,34 @@ def free_port() -> int:
 #: Fixtures that train or start a Ray cluster or servers: a test that uses one is slow (and
 #: out of `make test-fast`), whether or not it says so itself.
 SLOW_FIXTURES = {"pretrained", "stack", "nodes", "study"}
-#: Fixtures of the longest tests: a finished study, a Ray cluster with S3, PostgreSQL and
-#: MLflow, a cluster that loses nodes, an S3 that fails.
-LONG_FIXTURES = {"study", "stack", "nodes", "pretrained", "flaky_s3"}
+#: Fixtures too costly to make twice (a finished study, a Ray cluster with S3, PostgreSQL and
+#: MLflow, a cluster that loses nodes, a pre-training, an S3 that fails), of the longest tests.
+#: Under `make test` each one's tests form an xdist group: one worker makes it, once.
+SHARED_FIXTURES = ("study", "stack", "nodes", "pretrained", "flaky_s3")
+
+
+def _shared_fixture(item) -> str | None:
+    names = set(getattr(item, "fixturenames", ()))
+    return next((name for name in SHARED_FIXTURES if name in names), None)
 
 
 def _schedule_rank(item) -> int:
-    """0: a test marked `longest` or using one of LONG_FIXTURES; 1: another slow test; 2: a unit
-    test. `make test`'s two pytest-xdist workers take the tests one at a time in this order:
-    the long work is spread over both first, and the quick tests even out their ends."""
-    if item.get_closest_marker("longest") or LONG_FIXTURES & set(getattr(item, "fixturenames", ())):
+    """0: a test marked `longest` or using one of SHARED_FIXTURES; 1: another slow test; 2: a
+    unit test. `make test`'s two pytest-xdist workers take the tests (a shared fixture's as
+    one group) in this order: the long work is spread over both first, and the quick tests
+    even out their ends."""
+    if item.get_closest_marker("longest") or _shared_fixture(item):
         return 0
     return 1 if item.get_closest_marker("slow") else 2
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups off the items
 def pytest_collection_modifyitems(items):
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+        if shared := _shared_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(shared))
     items.sort(key=_schedule_rank)  # stable: each rank keeps the files' order
 
 

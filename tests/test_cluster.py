@@ -241,7 +241,9 @@ def test_a_drained_node_gets_a_checkpoint_before_it_goes(tmp_path, tiny_data, cl
 
     # The one regular checkpoint is the last: one on the notice, at whichever multiple of
     # PREEMPTION_POLL it lands, is never a regular one (it was in CI: notice and checkpoint at 60)
-    every, iterations = 6, 180  # the notice came 44 to 74 iterations after the drain here
+    # the notice came 44 to 74 iterations after the drain here; an evaluation every 30 (not
+    # more often: each is a Tune report and MLflow's metrics) leaves it 110 after the first
+    every, iterations = 30, 180
     params = study_params(tmp_path, tiny_data,
                           train=dict(iterations=iterations, val_interval=every,
                                      checkpoint_interval=iterations, overlays=0),
@@ -250,7 +252,7 @@ def test_a_drained_node_gets_a_checkpoint_before_it_goes(tmp_path, tiny_data, cl
     driver, outcome = sweep_in_background(params, tmp_path)
     (spot,) = cluster.worker_nodes
     deadline = time.time() + 300
-    # the trial trains on the spot node once Tune has its first evaluation (iteration 6)
+    # the trial trains on the spot node once Tune has its first evaluation (iteration 30)
     while time.time() < deadline and driver.is_alive() and not any(
             p.stat().st_size for p in (tmp_path / "sweeps" / "_ray_tune").rglob("result.json")):
         time.sleep(0.1)

@@ -94,6 +94,30 @@ def test_a_runs_key_hashes_the_code_the_run_executes(tmp_path, monkeypatch):
     assert code_fingerprint(["my_loss"]) != before != code_fingerprint()
 
 
+def test_a_stages_own_params_rerun_it_and_every_stage_after_it():
+    """DVC's graph of dvc.yaml: each stage reads its own params section, and every stage after
+    it depends on what it writes, so a change of `pretrain.*` reruns the pre-training, then the
+    sweeps and the report (which `dvc repro` does by this graph); a loss weight (`train.*`)
+    reruns the sweeps and the report, as test_documented_commands runs it."""
+    import networkx as nx
+    from dvc.repo import Repo
+
+    with Repo(str(ROOT)) as repo:
+        graph = repo.index.graph
+        by_name = {stage.addressing: stage for stage in graph}
+        after = {name: {s.addressing for s in nx.ancestors(graph, stage)}
+                 for name, stage in by_name.items()}  # DVC's edges run from a stage to its deps
+        params = {name: {key for dep in stage.deps if hasattr(dep, "params")
+                         for key in dep.params} for name, stage in by_name.items()}
+    datasets = {name.split("@")[1] for name in by_name if "@" in name}
+    for dataset in datasets:
+        assert "pretrain" in params[f"pretrain@{dataset}"]
+        assert {"train", "sweep"} <= params[f"sweep@{dataset}"]
+        assert after[f"data@{dataset}"] >= {f"pretrain@{dataset}", f"sweep@{dataset}", "report"}
+        assert after[f"pretrain@{dataset}"] == {f"sweep@{dataset}", "report"}
+        assert after[f"sweep@{dataset}"] == {"report"}
+
+
 def test_output_paths_are_declared_once_in_params():
     """dvc.yaml names no data, model, results or report path of its own: each comes from the
     params.yaml key that the stages' code reads (report.results_dir, report.output, ...)."""
