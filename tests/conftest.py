@@ -191,13 +191,40 @@ def copy_of_study(repo: Path, dest: Path) -> Path:
     return dest
 
 
-def sweep(params: Path, tmp_path: Path, env: dict | None = None, timeout: int = 600):
-    """The sweep stage of synthetic_voc on `params`, its results under tmp_path/results."""
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.sweep", "synthetic_voc", "--params", str(params),
-         "--results-dir", str(tmp_path / "results")],
-        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, **(env or {})})
+def sweep(params: Path, tmp_path: Path, env: dict | None = None, timeout: int = 600,
+          command: bool = False) -> subprocess.CompletedProcess:
+    """The sweep stage of synthetic_voc on `params`, its results under tmp_path/results: exit
+    status and output. `python -m pipeline.sweep`'s main runs in this process (a test pays no
+    second import of torch, mmseg, MLflow and Ray), with `env` set for the driver and through
+    its Ray for the trials, then put back. `command`: the command itself, in a process of its
+    own (`timeout` applies), for a test of what it prints through Ray Tune, whose reporter
+    may keep the stream of an earlier in-process sweep."""
+    import contextlib
+    import io
+
+    from pipeline.sweep.__main__ import main
+
+    args = ["synthetic_voc", "--params", str(params), "--results-dir", str(tmp_path / "results")]
+    if command:
+        return subprocess.run([sys.executable, "-m", "pipeline.sweep", *args], cwd=ROOT,
+                              capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, **(env or {})})
+    stdout, stderr = io.StringIO(), io.StringIO()
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    os.environ.update(env or {})
+    os.chdir(ROOT)  # the sweep ships the working directory to its Ray's workers
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                code = main(args)
+            except SystemExit as exit_:  # argparse, as the command would exit
+                code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return subprocess.CompletedProcess(["python", "-m", "pipeline.sweep", *args], code,
+                                       stdout.getvalue(), stderr.getvalue())
 
 
 def free_port() -> int:

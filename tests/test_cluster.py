@@ -25,7 +25,7 @@ from tests.servers import stop
 
 pytestmark = pytest.mark.slow  # real Ray: a local one beside another, and a 2-node cluster
 
-ITERATIONS, EVERY = 40, 4
+ITERATIONS, EVERY = 40, 8  # a lost node after 2 of 5 evaluations and checkpoints
 #: The test cluster's nodes bind 127.0.0.1 only: test traffic stays on loopback.
 LOCAL = dict(node_ip_address="127.0.0.1", include_dashboard=False)
 

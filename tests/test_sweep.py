@@ -40,7 +40,8 @@ def runs(tmp_path: Path):
 def test_a_sweep_of_two_losses_fills_results_and_mlflow(tmp_path, tiny_data):
     params = study_params(tmp_path, tiny_data, report=dict(
         results_dir=str(tmp_path / "results"), output=str(tmp_path / "reports")))
-    done = sweep(params, tmp_path, env={"CITYSCAPES_PASSWORD": SECRET, "HF_TOKEN": SECRET})
+    done = sweep(params, tmp_path, env={"CITYSCAPES_PASSWORD": SECRET, "HF_TOKEN": SECRET},
+                 command=True)  # Tune's table, as the command prints it
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     # Tune's table names the trials as the study does, with the columns a person compares;
     # where the sweep stands, as it goes
