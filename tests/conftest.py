@@ -201,6 +201,7 @@ def sweep(params: Path, tmp_path: Path, env: dict | None = None, timeout: int = 
     may keep the stream of an earlier in-process sweep."""
     import contextlib
     import io
+    from unittest import mock
 
     from pipeline.sweep.__main__ import main
 
@@ -210,19 +211,10 @@ def sweep(params: Path, tmp_path: Path, env: dict | None = None, timeout: int = 
                               capture_output=True, text=True, timeout=timeout,
                               env={**os.environ, **(env or {})})
     stdout, stderr = io.StringIO(), io.StringIO()
-    saved_env, saved_cwd = dict(os.environ), os.getcwd()
-    os.environ.update(env or {})
-    os.chdir(ROOT)  # the sweep ships the working directory to its Ray's workers
-    try:
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            try:
-                code = main(args)
-            except SystemExit as exit_:  # argparse, as the command would exit
-                code = exit_.code if isinstance(exit_.code, int) else 1
-    finally:
-        os.chdir(saved_cwd)
-        os.environ.clear()
-        os.environ.update(saved_env)
+    # patch.dict puts back the whole environment, with what the driver itself set in it
+    with mock.patch.dict(os.environ, env or {}), contextlib.chdir(ROOT), \
+            contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = main(args)  # the sweep ships the working directory (ROOT) to its Ray's workers
     return subprocess.CompletedProcess(["python", "-m", "pipeline.sweep", *args], code,
                                        stdout.getvalue(), stderr.getvalue())
 
